@@ -1,0 +1,240 @@
+"""AW-convolution: attention applied to the convolution weights (AW-module).
+
+Paper: "An Attention Module for Convolutional Neural Networks", Zhu, Hofstee, Lee, Al-Ars, ICANN 2021,
+LNCS 12891 (arXiv 2108.08205). The authors' code is not public.
+
+Reconstruction from the abstract and secondary summaries (specs/modules.md section 6); every ambiguous
+choice is a named option. Per sample n the layer computes ``Y_n = X_n (*) (K * (1 + A_n))`` with
+``A_n = PW2(ReLU(PW1(AvgPool_k(X_n))))`` from the layer's own input. PW2 is zero-initialised, so a fresh
+layer computes exactly the plain convolution with the same weight.
+
+Modes (how the generator output reaches the kernel shape C_out x C_in/g x k x k):
+    ``"full"``   one value per kernel element (PW2 width C_out * C_in/g), paper-literal, heavy on wide layers;
+    ``"full_g"`` the same shape with a grouped PW2 (groups = hidden width), 1x1-conv sized;
+    ``"out"``    one value per output channel and tap, shared over input channels (SE-like cost);
+    ``"outer"``  product of an output-channel head and an input-channel head per tap.
+
+Implementations (``impl``): ``"fold"`` folds the batch into conv groups (one grouped conv2d, as timm's
+CondConv2d); ``"unfold"`` uses unfold + batched matmul (no batch-dependent group count); ``"loop"`` runs one
+conv per sample. ``"auto"`` picks ``"fold"``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .helpers import check_input, to_2tuple
+
+__all__ = ["AWConv2d", "AW_MODES", "AW_IMPLS"]
+
+AW_MODES = ("full", "full_g", "out", "outer")
+AW_IMPLS = ("auto", "fold", "unfold", "loop")
+_MODE_ALIASES = {"full_grouped": "full_g", "fullg": "full_g"}
+_ATTN_ACTS = ("identity", "sigmoid", "tanh")
+
+
+def _numeric_padding(padding: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
+                     dilation: tuple[int, int]) -> tuple[int, int]:
+    """Turn nn.Conv2d-style padding (int, pair, 'valid', 'same') into a symmetric numeric pair."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' is only supported with stride 1 (as in nn.Conv2d)")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+            if any(t % 2 for t in total):
+                raise ValueError(f"padding='same' needs symmetric padding; dilation*(k-1) = {total} is odd. "
+                                 "Pass explicit padding instead")
+            return total[0] // 2, total[1] // 2
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    return to_2tuple(padding)
+
+
+class AWConv2d(nn.Conv2d):
+    """Drop-in ``nn.Conv2d`` whose kernel is modulated per sample: ``K'_n = K * (1 + A_n(X))``.
+
+    The static kernel is ``self.weight`` (same key and shape as the replaced conv, so plain weights load
+    as is); the generator lives in ``pw1``/``pw2``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias: As ``nn.Conv2d``.
+        mode: ``"full"``, ``"full_g"`` (alias ``"full_grouped"``), ``"out"`` or ``"outer"``.
+        reduction: Generator hidden width is ``max(in_channels // reduction, min_hidden)``.
+        min_hidden: Floor of the hidden width (4 for CIFAR-size nets, 8 suggested for ImageNet).
+        pool: ``"kernel"`` pools the input to k x k cells (one per tap); ``"global"`` pools to 1 x 1 and
+            produces the k x k taps through PW2's channels.
+        attn_act: Activation on A: ``"identity"`` (signed modulation), ``"sigmoid"``, ``"tanh"``.
+        residual: ``K * (1 + A)`` when True, ``K * A`` when False.
+        init: ``"zero"`` (PW2 zero: identity at init) or ``"small"`` (PW2 weight ~ N(0, 1e-3)).
+        impl: ``"auto"``, ``"fold"``, ``"unfold"`` or ``"loop"``.
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            out_channels: int,
+            kernel_size: int | tuple[int, int],
+            stride: int | tuple[int, int] = 1,
+            padding: int | tuple[int, int] | str = 0,
+            dilation: int | tuple[int, int] = 1,
+            groups: int = 1,
+            bias: bool = False,
+            *,
+            mode: str = "full",
+            reduction: int = 16,
+            min_hidden: int = 4,
+            pool: str = "kernel",
+            attn_act: str = "identity",
+            residual: bool = True,
+            init: str = "zero",
+            impl: str = "auto",
+            device: torch.device | str | None = None,
+            dtype: torch.dtype | None = None,
+    ) -> None:
+        ks, st, dil = to_2tuple(kernel_size), to_2tuple(stride), to_2tuple(dilation)
+        pad = _numeric_padding(padding, ks, st, dil)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
+                             f"by groups ({groups})")
+        mode = _MODE_ALIASES.get(mode, mode)
+        if mode not in AW_MODES:
+            raise ValueError(f"Unknown AW mode {mode!r}. Valid modes: {', '.join(AW_MODES)} (or 'full_grouped')")
+        if pool not in ("kernel", "global"):
+            raise ValueError(f"AW pool must be 'kernel' or 'global', got {pool!r}")
+        if attn_act not in _ATTN_ACTS:
+            raise ValueError(f"AW attn_act must be one of {_ATTN_ACTS}, got {attn_act!r}")
+        if init not in ("zero", "small"):
+            raise ValueError(f"AW init must be 'zero' or 'small', got {init!r}")
+        if impl not in AW_IMPLS:
+            raise ValueError(f"Unknown AW impl {impl!r}. Valid: {', '.join(AW_IMPLS)}")
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(in_channels, out_channels, ks, st, pad, dil, groups, bias, **dd)
+        self.mode = mode
+        self.pool = pool
+        self.attn_act = attn_act
+        self.residual = residual
+        self.init = init
+        self.impl = impl
+        self.hidden_channels = max(in_channels // reduction, min_hidden)
+        cin_g = in_channels // groups
+        # attention values per tap: P rows of k x k taps
+        self.attn_rows = {"full": out_channels * cin_g, "full_g": out_channels * cin_g,
+                          "out": out_channels, "outer": out_channels + cin_g}[mode]
+        taps = ks[0] * ks[1]
+        pw2_out = self.attn_rows * (taps if pool == "global" else 1)
+        pw2_groups = self.hidden_channels if mode == "full_g" else 1
+        if pw2_out % pw2_groups:
+            raise ValueError(f"mode='full_g' needs the PW2 width ({pw2_out}) divisible by the hidden width "
+                             f"({self.hidden_channels}); change reduction/min_hidden or use mode='full'")
+        self.pw1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True, **dd)
+        self.act = nn.ReLU(inplace=True)
+        self.pw2 = nn.Conv2d(self.hidden_channels, pw2_out, 1, groups=pw2_groups, bias=True, **dd)
+        self.reset_attention_parameters()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, **kwargs: Any) -> "AWConv2d":
+        """Build an AWConv2d with the geometry and (copied) weights of ``conv``."""
+        if conv.padding_mode != "zeros":
+            raise ValueError(f"AWConv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
+        aw = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                 conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
+        with torch.no_grad():
+            aw.weight.copy_(conv.weight)
+            if conv.bias is not None:
+                aw.bias.copy_(conv.bias)
+        return aw
+
+    def reset_attention_parameters(self) -> None:
+        """Generator init: PW1 default; PW2 zero (or small), the input head of ``outer`` default."""
+        self.pw1.reset_parameters()
+        with torch.no_grad():
+            if self.init == "zero":
+                rows = self.out_channels if self.mode == "outer" else self.pw2.out_channels
+                if self.mode == "outer" and self.pool == "global":
+                    rows *= self.kernel_size[0] * self.kernel_size[1]
+                self.pw2.reset_parameters()  # the outer input head keeps a default init (else no gradient)
+                self.pw2.weight[:rows].zero_()
+                self.pw2.bias[:rows].zero_()
+            else:
+                nn.init.normal_(self.pw2.weight, std=1e-3)
+                nn.init.zeros_(self.pw2.bias)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        """Kernel attention A, broadcastable to (N, C_out, C_in/g, kh, kw).
+
+        Shapes: (N, C_out, C_in/g, kh, kw) for full modes and outer, (N, C_out, 1, kh, kw) for ``"out"``.
+        """
+        check_input(x, self.in_channels, type(self).__name__)
+        n = x.shape[0]
+        kh, kw = self.kernel_size
+        cin_g = self.in_channels // self.groups
+        cells = (kh, kw) if self.pool == "kernel" else (1, 1)
+        a0 = F.adaptive_avg_pool2d(x, cells)  # (N, C_in, kh, kw) or (N, C_in, 1, 1)
+        z = self.pw2(self.act(self.pw1(a0)))  # (N, P, kh, kw) or (N, P * kh * kw, 1, 1)
+        z = z.reshape(n, self.attn_rows, kh, kw)  # (N, P, kh, kw)
+        if self.mode in ("full", "full_g"):
+            a = z.reshape(n, self.out_channels, cin_g, kh, kw)
+        elif self.mode == "out":
+            a = z.reshape(n, self.out_channels, 1, kh, kw)
+        else:  # outer: output head x input head, per tap
+            z_out = z[:, :self.out_channels].reshape(n, self.out_channels, 1, kh, kw)
+            z_in = z[:, self.out_channels:].reshape(n, 1, cin_g, kh, kw)
+            a = z_out * z_in  # (N, C_out, C_in/g, kh, kw)
+        if self.attn_act == "sigmoid":
+            a = torch.sigmoid(a)
+        elif self.attn_act == "tanh":
+            a = torch.tanh(a)
+        return a
+
+    def modulated_weight(self, attn: torch.Tensor) -> torch.Tensor:
+        """Per-sample kernels (N, C_out, C_in/g, kh, kw) from an attention map."""
+        scale = 1.0 + attn if self.residual else attn
+        return self.weight.unsqueeze(0) * scale  # (N, C_out, C_in/g, kh, kw)
+
+    def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
+        """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
+        check_input(x, self.in_channels, type(self).__name__)
+        if attn is None:
+            attn = self.attention(x)
+        weight = self.modulated_weight(attn)
+        if self.impl == "unfold":
+            y = self._conv_unfold(x, weight)
+        elif self.impl == "loop":
+            y = self._conv_loop(x, weight)
+        else:
+            y = self._conv_fold(x, weight)
+        if self.bias is not None:
+            y = y + self.bias.reshape(1, -1, 1, 1)
+        return y
+
+    def _conv_fold(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        xf = x.reshape(1, n * c, h, w)  # (1, N*C_in, H, W)
+        wf = weight.reshape(n * self.out_channels, c // self.groups, *self.kernel_size)  # (N*C_out, C_in/g, kh, kw)
+        y = F.conv2d(xf, wf, None, self.stride, self.padding, self.dilation, n * self.groups)  # (1, N*C_out, H', W')
+        return y.reshape(n, self.out_channels, y.shape[-2], y.shape[-1])  # (N, C_out, H', W')
+
+    def _conv_unfold(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        g = self.groups
+        u = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C_in*kh*kw, L)
+        u = u.reshape(n, g, (c // g) * kh * kw, ho * wo)  # (N, g, C_in/g*kh*kw, L)
+        wm = weight.reshape(n, g, self.out_channels // g, (c // g) * kh * kw)  # (N, g, C_out/g, C_in/g*kh*kw)
+        y = torch.matmul(wm, u)  # (N, g, C_out/g, L)
+        return y.reshape(n, self.out_channels, ho, wo)  # (N, C_out, H', W')
+
+    def _conv_loop(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ys = [F.conv2d(x[i:i + 1], weight[i], None, self.stride, self.padding, self.dilation, self.groups)
+              for i in range(x.shape[0])]
+        return torch.cat(ys, 0)  # (N, C_out, H', W')
+
+    def extra_repr(self) -> str:
+        return (super().extra_repr() + f", mode={self.mode!r}, hidden={self.hidden_channels}, pool={self.pool!r}, "
+                f"attn_act={self.attn_act!r}, residual={self.residual}, impl={self.impl!r}")

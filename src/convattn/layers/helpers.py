@@ -1,0 +1,70 @@
+"""Small shared helpers for the attention layers: width rounding, layer resolution, input checks."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["make_divisible", "get_act_layer", "check_input", "to_2tuple"]
+
+
+def make_divisible(v: float, divisor: int = 1, min_value: int | None = None, round_limit: float = 0.0) -> int:
+    """Round a derived channel width to a multiple of ``divisor``.
+
+    With ``divisor=1`` the width is floored (``int(C * ratio)``), which is the official SE/CBAM rule
+    ``C // r``. With a larger divisor the width is rounded to the nearest multiple as in timm, and bumped up
+    by one divisor when rounding lost more than ``1 - round_limit`` of ``v``.
+    """
+    min_value = divisor if min_value is None else min_value
+    if divisor == 1:
+        new_v = max(min_value, int(v))
+    else:
+        new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+    return new_v
+
+
+_ACT_LAYERS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "hard_sigmoid": nn.Hardsigmoid,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "gelu": nn.GELU,
+    "identity": nn.Identity,
+}
+
+
+def get_act_layer(act: str | type[nn.Module] | Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+    """Resolve an activation given as a name, a module class or a factory."""
+    if isinstance(act, str):
+        try:
+            return _ACT_LAYERS[act.lower()]
+        except KeyError:
+            raise ValueError(f"Unknown activation '{act}'. Valid names: {', '.join(sorted(_ACT_LAYERS))}") from None
+    return act
+
+
+def check_input(x: torch.Tensor, channels: int | None, name: str) -> None:
+    """Raise a ValueError naming the module when ``x`` is not (N, C, H, W) with the expected C.
+
+    Skipped while tracing or scripting so exported graphs carry no Python-side checks.
+    """
+    if torch.jit.is_scripting() or torch.jit.is_tracing():
+        return
+    if x.ndim != 4:
+        raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if channels is not None and x.shape[1] != channels:
+        raise ValueError(
+            f"{name} was built for {channels} channels but got an input with {x.shape[1]} channels "
+            f"(shape {tuple(x.shape)}); build it with channels={x.shape[1]} or fix the input")
+
+
+def to_2tuple(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"expected an int or a pair, got {v!r}")
+        return int(v[0]), int(v[1])
+    return int(v), int(v)

@@ -1,0 +1,134 @@
+"""Model registry: ``create_model(name, attn=..., conv=...)``, ``list_models()``, variant strings, timm hookup."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+from torch import nn
+
+from ..layers.create_attn import split_attn_name
+from .resnet import BasicBlock, Bottleneck, ResNet
+
+__all__ = ["create_model", "list_models", "register_model", "parse_variant", "variant_name", "DEFAULT_VARIANTS"]
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+# The variants the papers compare (compare/profile default).
+DEFAULT_VARIANTS = ("none", "se", "cbam", "eca", "gct", "steam", "aw", "se+aw", "cbam+aw")
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if name in _MODELS:
+            raise ValueError(f"model {name!r} is already registered")
+        _MODELS[name] = fn
+        return fn
+    return deco
+
+
+def list_models() -> list[str]:
+    """Registered model names."""
+    return sorted(_MODELS, key=lambda n: (n.rstrip("0123456789"), int("0" + n[len(n.rstrip("0123456789")):])))
+
+
+def parse_variant(variant: str | None) -> dict[str, Any]:
+    """Variant string -> model kwargs: ``"se+aw"`` -> ``{"attn": "se", "conv": "aw"}``.
+
+    Parts are joined with ``+``; ``"aw"`` selects AW-convolution, any other part an attention module, and a
+    part suffixed ``@all`` places that module in every block (e.g. ``"steam@all"``). ``"none"`` or None is
+    the plain model.
+    """
+    if variant is None or variant.strip().lower() in ("", "none", "baseline", "plain"):
+        return {"attn": None, "conv": None}
+    attn_parts, conv, blocks = [], None, None
+    for part in (p.strip().lower() for p in variant.split("+")):
+        name, _, placement = part.partition("@")
+        if placement and placement != "all":
+            raise ValueError(f"variant part {part!r}: the only placement suffix is '@all'")
+        if name == "aw":
+            conv = "aw"
+            continue
+        split_attn_name(name)  # validates, listing the valid names
+        attn_parts.append(name)
+        if placement:
+            blocks = "all"
+    out: dict[str, Any] = {"attn": "+".join(attn_parts) or None, "conv": conv}
+    if blocks:
+        out["attn_blocks"] = blocks
+    return out
+
+
+def variant_name(attn: str | None, conv: str | None) -> str:
+    """Inverse of ``parse_variant`` for display."""
+    parts = [p for p in ((attn or "").split("+") + ([conv] if conv else [])) if p]
+    return "+".join(parts) or "none"
+
+
+def create_model(name: str, variant: str | None = None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: Model name from ``list_models()`` (e.g. ``"resnet50"``, ``"resnet20"``).
+        variant: Optional variant string (``"se+aw"``, ``"steam@all"``), merged into kwargs.
+        pretrained: Must be False: convattn never downloads weights. Load a local state dict with
+            ``convattn.models.load_pretrained`` instead.
+        **kwargs: Model options (``attn``, ``conv``, ``num_classes``, ``in_chans``, ...).
+    """
+    if pretrained:
+        raise ValueError("convattn does not download weights; build with pretrained=False and load a local "
+                         "state dict with convattn.models.load_pretrained(model, torch.load(path, weights_only=True))")
+    if name not in _MODELS:
+        raise ValueError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}")
+    if variant is not None:
+        for k, v in parse_variant(variant).items():
+            if k in kwargs and kwargs[k] not in (None, v):
+                raise ValueError(f"variant {variant!r} sets {k}={v!r} but {k}={kwargs[k]!r} was also given")
+            kwargs[k] = v
+    return _MODELS[name](**kwargs)
+
+
+def _imagenet(block: type[nn.Module], layers: tuple[int, ...]) -> Callable[..., nn.Module]:
+    return functools.partial(ResNet, block, layers)
+
+
+def _cifar(depth: int) -> Callable[..., nn.Module]:
+    n = (depth - 2) // 6
+    defaults = dict(num_classes=10, stem="cifar", widths=(16, 32, 64), shortcut="A")
+
+    def build(**kwargs: Any) -> nn.Module:
+        return ResNet(BasicBlock, (n, n, n), **{**defaults, **kwargs})
+    return build
+
+
+for _name, _block, _layers in (
+        ("resnet18", BasicBlock, (2, 2, 2, 2)), ("resnet34", BasicBlock, (3, 4, 6, 3)),
+        ("resnet50", Bottleneck, (3, 4, 6, 3)), ("resnet101", Bottleneck, (3, 4, 23, 3)),
+        ("resnet152", Bottleneck, (3, 8, 36, 3))):
+    register_model(_name)(_imagenet(_block, _layers))
+for _depth in (20, 32, 44, 56, 110):
+    register_model(f"resnet{_depth}")(_cifar(_depth))
+
+
+def register_timm() -> list[str]:
+    """Register every model with timm as ``convattn_<name>`` so ``timm.create_model`` builds it."""
+    try:
+        from timm.models import register_model as timm_register
+    except ImportError:  # timm is a dependency, but keep the core importable without it
+        return []
+    import sys
+    names = []
+    mod = sys.modules[__name__]
+    for name in _MODELS:
+        entry = f"convattn_{name}"
+
+        def fn(pretrained: bool = False, _name: str = name, **kwargs: Any) -> nn.Module:
+            for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+                kwargs.pop(k, None)
+            return create_model(_name, pretrained=pretrained, **kwargs)
+
+        fn.__name__ = entry
+        fn.__qualname__ = entry
+        fn.__module__ = mod.__name__
+        timm_register(fn)
+        names.append(entry)
+    return names
