@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .helpers import check_input
+from .helpers import check_input, upcast
 
 __all__ = ["GCT"]
 
@@ -71,8 +71,8 @@ class GCT(nn.Module):
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """Gate ``1 + tanh(...)`` of shape (N, C, 1, 1), values in (0, 2)."""
         check_input(x, self.channels, type(self).__name__)
-        xf = x.float()
-        alpha, gamma, beta = self.alpha.float(), self.gamma.float(), self.beta.float()
+        xf = upcast(x)
+        alpha, gamma, beta = (p.to(xf.dtype) for p in (self.alpha, self.gamma, self.beta))
         if self.mode == "l2":
             s = (xf.pow(2).sum((2, 3), keepdim=True) + self.eps).sqrt() * alpha  # (N, C, 1, 1)
             norm = gamma / (s.pow(2).mean(1, keepdim=True) + self.eps).sqrt()  # (N, C, 1, 1)

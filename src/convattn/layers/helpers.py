@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-__all__ = ["make_divisible", "get_act_layer", "check_input", "to_2tuple"]
+__all__ = ["make_divisible", "get_act_layer", "check_input", "to_2tuple", "upcast"]
 
 
 def make_divisible(v: float, divisor: int = 1, min_value: int | None = None, round_limit: float = 0.0) -> int:
@@ -68,3 +68,8 @@ def to_2tuple(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
             raise ValueError(f"expected an int or a pair, got {v!r}")
         return int(v[0]), int(v[1])
     return int(v), int(v)
+
+
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 for reductions and softmax that overflow or lose precision; other dtypes unchanged."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .eca import eca_kernel_size
-from .helpers import check_input, to_2tuple
+from .helpers import check_input, to_2tuple, upcast
 
 __all__ = ["STEAM", "ScalarGraphAttention"]
 
@@ -56,15 +56,15 @@ class ScalarGraphAttention(nn.Module):
     def forward(self, z: torch.Tensor, nb: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Node logits (N, M) from node values z (N, M), neighbour values nb (N, M, K), mask valid (M, K)."""
         dh = self.d // self.heads
-        c = (self.w_q * self.w_k).float().reshape(self.heads, dh).sum(-1) / math.sqrt(dh)  # (h,)
-        e = (self.w_o * self.w_v).float().reshape(self.heads, dh).sum(-1)  # (h,)
+        c = (self.w_q * self.w_k).to(z.dtype).reshape(self.heads, dh).sum(-1) / math.sqrt(dh)  # (h,)
+        e = (self.w_o * self.w_v).to(z.dtype).reshape(self.heads, dh).sum(-1)  # (h,)
         pair = z.unsqueeze(-1) * nb  # (N, M, K)
         scores = pair.unsqueeze(-1) * c  # (N, M, K, h)
         if valid is not None:
             scores = scores.masked_fill(~valid[None, :, :, None], float("-inf"))
         attn = scores.softmax(dim=2)  # (N, M, K, h)
         agg = (attn * nb.unsqueeze(-1)).sum(2)  # (N, M, h)
-        u = agg @ e  # (N, M)
+        u = (agg * e).sum(-1)  # (N, M); elementwise, so autocast keeps fp32
         return u + z if self.residual else u
 
     def extra_repr(self) -> str:
@@ -181,10 +181,10 @@ class STEAM(nn.Module):
 
     def channel_logits(self, x: torch.Tensor) -> torch.Tensor:
         """CIA logits (N, C)."""
-        z = self._norm(x.float().mean((2, 3)))  # (N, C)
+        z = self._norm(upcast(x).mean((2, 3)))  # (N, C)
         if self.channel_graph == "knn":
             k = min(2 * self.ring_radius + 1, z.shape[1])
-            f = F.normalize(x.float().flatten(2), dim=2)  # (N, C, HW)
+            f = F.normalize(upcast(x).flatten(2), dim=2)  # (N, C, HW)
             idx = (f @ f.transpose(1, 2)).topk(k, dim=2).indices  # (N, C, K) most correlated channels
             nb = z.gather(1, idx.flatten(1)).reshape(idx.shape)  # (N, C, K)
         else:
@@ -208,7 +208,7 @@ class STEAM(nn.Module):
     def spatial_logits(self, x: torch.Tensor) -> torch.Tensor:
         """SIA logits on the OGP grid, (N, 1, Ho, Wo)."""
         n, _, h, w = x.shape
-        xf = x.float()
+        xf = upcast(x)
         p = xf.mean(1, keepdim=True) if self.spatial_squeeze == "mean" else xf.amax(1, keepdim=True)  # (N, 1, H, W)
         ho, wo = self._grid_size(h, w)
         grid = self._ogp(p, (ho, wo))  # (N, 1, Ho, Wo)

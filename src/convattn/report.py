@@ -1,0 +1,76 @@
+"""Tables: one list of row dicts written to the terminal (rich), CSV and Markdown, atomically."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["atomic_write_text", "write_csv", "to_markdown", "print_table", "fmt"]
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fmt(v: Any) -> str:
+    """Display form of a cell."""
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        if v != v:  # NaN
+            return "n/a"
+        return f"{v:,.4g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(path, buf.getvalue())
+
+
+def to_markdown(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                headers: dict[str, str] | None = None) -> str:
+    columns = list(columns or (rows[0].keys() if rows else []))
+    headers = headers or {}
+    head = [headers.get(c, c) for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None,
+                headers: dict[str, str] | None = None, title: str | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    columns = list(columns or (rows[0].keys() if rows else []))
+    headers = headers or {}
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(headers.get(c, c), justify="left" if c in ("model", "variant") else "right")
+    for r in rows:
+        table.add_row(*(fmt(r.get(c)) for c in columns))
+    Console(width=max(120, 14 * len(columns))).print(table)

@@ -1,0 +1,141 @@
+"""STEAM reconstruction: exact 8d count, the literal multi-head graph attention as oracle, equivariance."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convattn.layers import STEAM, ScalarGraphAttention
+
+
+def literal_gat(m: ScalarGraphAttention, z, nb, valid=None):
+    """Textbook multi-head attention over scalar nodes: d-dim q/k/v per node, per-head softmax, output map."""
+    n, mm, k = nb.shape
+    h, dh = m.heads, m.d // m.heads
+    q = (z[..., None] * m.w_q).reshape(n, mm, h, dh)  # (N, M, h, dh)
+    kk = (nb[..., None] * m.w_k).reshape(n, mm, k, h, dh)  # (N, M, K, h, dh)
+    v = (nb[..., None] * m.w_v).reshape(n, mm, k, h, dh)
+    scores = torch.einsum("nmhd,nmkhd->nmkh", q, kk) / math.sqrt(dh)
+    if valid is not None:
+        scores = scores.masked_fill(~valid[None, :, :, None], float("-inf"))
+    a = scores.softmax(2)
+    out = torch.einsum("nmkh,nmkhd->nmhd", a, v).reshape(n, mm, h * dh)  # concat heads
+    u = out @ m.w_o
+    return u + z if m.residual else u
+
+
+def literal_steam(m: STEAM, x):
+    """STEAM forward from the spec's sketch (section 7.6), using the literal graph attention."""
+    n, c, hh, ww = x.shape
+    z = x.mean((2, 3))
+    r = m.ring_radius
+    zn = torch.stack([torch.cat([z[:, (i + o) % c:(i + o) % c + 1] for i in range(c)], 1) for o in range(-r, r + 1)], -1)
+    xc = x * torch.sigmoid(literal_gat(m.cia, z, zn))[:, :, None, None]
+    p = xc.mean(1, keepdim=True)
+    ho, wo = min(7, hh), min(7, ww)
+    pt = F.adaptive_avg_pool2d(p, (ho, wo))[:, 0]  # (N, Ho, Wo)
+    nbs, valid = [], []
+    for i in range(ho):
+        for j in range(wo):
+            row_n, row_v = [], []
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    y2, x2 = i + dy, j + dx
+                    ok = 0 <= y2 < ho and 0 <= x2 < wo
+                    row_n.append(pt[:, y2, x2] if ok else torch.zeros(n, dtype=x.dtype))
+                    row_v.append(ok)
+            nbs.append(torch.stack(row_n, -1))
+            valid.append(row_v)
+    nb = torch.stack(nbs, 1)  # (N, M, 9)
+    s = literal_gat(m.sia, pt.reshape(n, -1), nb, torch.tensor(valid)).reshape(n, 1, ho, wo)
+    s = F.interpolate(s, size=(hh, ww), mode="bilinear", align_corners=False)
+    return xc * torch.sigmoid(s)
+
+
+@pytest.mark.parametrize("c", [16, 64, 2048])
+@pytest.mark.parametrize("d", [4, 8, 16])
+def test_parameter_count_is_8d(c, d):
+    assert sum(p.numel() for p in STEAM(c, d=d, heads=4 if d >= 4 else 1).parameters()) == 8 * d
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 13, 17), (3, 12, 7, 7), (2, 8, 20, 9)])
+def test_module_equals_literal_definition(shape):
+    m = STEAM(shape[1]).double()
+    x = torch.randn(*shape, dtype=torch.float64)
+    torch.testing.assert_close(m(x), literal_steam(m, x), atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4, 8])
+def test_collapsed_graph_attention_equals_literal(heads):
+    g = ScalarGraphAttention(8, heads).double()
+    z = torch.randn(3, 10, dtype=torch.float64)
+    nb = torch.randn(3, 10, 5, dtype=torch.float64)
+    valid = torch.rand(10, 5) > 0.3
+    valid[:, 0] = True
+    torch.testing.assert_close(g(z, nb, valid), literal_gat(g, z, nb, valid), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 7, 7), (2, 8, 13, 17), (1, 8, 1, 1), (2, 8, 3, 5), (1, 8, 56, 56)])
+def test_shapes(shape):
+    x = torch.randn(shape)
+    assert STEAM(8)(x).shape == x.shape
+
+
+def test_roll_equivariance_over_channels():
+    m = STEAM(16).double()
+    x = torch.randn(2, 16, 9, 9, dtype=torch.float64)
+    torch.testing.assert_close(m(x.roll(5, 1)), m(x).roll(5, 1))
+    torch.testing.assert_close(m.channel_logits(x.roll(5, 1)), m.channel_logits(x).roll(5, 1))
+
+
+def test_gates_range_and_zero_output_vector():
+    m = STEAM(16, residual=False)
+    x = torch.randn(2, 16, 9, 9)
+    cg, sg = m.attention(x)
+    assert cg.shape == (2, 16, 1, 1) and sg.shape == (2, 1, 9, 9)
+    assert ((cg > 0) & (cg < 1)).all() and ((sg > 0) & (sg < 1)).all()
+    with torch.no_grad():
+        m.cia.w_o.zero_()
+        m.sia.w_o.zero_()
+    torch.testing.assert_close(m(x), 0.25 * x)
+
+
+def test_gradients_reach_all_vectors():
+    m = STEAM(16)
+    m(torch.randn(2, 16, 9, 9)).square().sum().backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(order="parallel"), dict(branches="channel"), dict(branches="spatial"), dict(channel_graph="adaptive"),
+    dict(channel_graph="knn", ring_radius=2), dict(ring_radius=3), dict(spatial_window=5),
+    dict(spatial_border="wrap"), dict(spatial_neighbourhood="cross"), dict(spatial_squeeze="max"),
+    dict(ogp_pool="max"), dict(ogp_pool="avgmax"), dict(upsample="nearest"), dict(node_norm=True),
+    dict(ogp_size=(4, 4)), dict(ogp_size="input/32", feature_stride=8), dict(heads=1), dict(d=16, heads=8),
+])
+def test_options_run_and_keep_shape(kwargs):
+    m = STEAM(32, **kwargs)
+    x = torch.randn(2, 32, 12, 10)
+    y = m(x)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    y.sum().backward()
+
+
+def test_bf16_autocast_no_nan_and_channels_last():
+    m = STEAM(32).eval()
+    x = torch.randn(2, 32, 14, 14)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.isfinite(m(x.bfloat16())).all()
+    torch.testing.assert_close(m(x.to(memory_format=torch.channels_last)), m(x), atol=1e-6, rtol=1e-5)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="divisible by heads"):
+        STEAM(8, d=8, heads=3)
+    with pytest.raises(ValueError, match="order"):
+        STEAM(8, order="spatial_first")
+    with pytest.raises(ValueError, match="feature_stride"):
+        STEAM(8, ogp_size="input/32")
+    with pytest.raises(ValueError, match="8 channels"):
+        STEAM(8)(torch.randn(1, 4, 5, 5))
