@@ -57,12 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convattn", description="Attention modules for convolutional networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_profile(sub)
-    try:
-        from .tasks.cli import add_task_commands
-    except ImportError:
-        add_task_commands = None
-    if add_task_commands is not None:
-        add_task_commands(sub)
+    from .tasks.cli import add_task_commands
+    add_task_commands(sub)
     return parser
 
 
@@ -71,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, FloatingPointError) as e:
         print(f"convattn {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,122 @@
+"""Data sets by name: the embedded Fashion-MNIST subset (default), full Fashion-MNIST, CIFAR-10/100, ImageFolder.
+
+Nothing is ever downloaded: every source is a package resource or a local folder.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .cifar import load_cifar
+from .fashion_mnist import CLASSES as FMNIST_CLASSES
+from .fashion_mnist import find_fashion_mnist, load_embedded, load_fashion_mnist_split
+from .loaders import FolderLoader, TensorLoader
+
+__all__ = ["DataBundle", "build_data", "list_datasets", "DATASETS", "stratified_subset"]
+
+DATASETS = {
+    "embedded": "Fashion-MNIST subset shipped in the package (10k train / 2k test, 28x28 grey)",
+    "fashion-mnist": "full Fashion-MNIST (60k / 10k) from its idx files (apt-get install dataset-fashion-mnist)",
+    "cifar10": "CIFAR-10 python version from --data-dir",
+    "cifar100": "CIFAR-100 python version from --data-dir",
+    "folder": "ImageFolder tree at --data-dir with train/ and val/",
+}
+_ALIASES = {"default": "embedded", "fashion-mnist-subset": "embedded", "fmnist": "fashion-mnist",
+            "imagefolder": "folder", "imagenet": "folder"}
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataBundle:
+    name: str
+    train: Any  # TensorLoader | FolderLoader
+    val: Any
+    num_classes: int
+    in_chans: int
+    image_size: int
+    classes: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def resolve_name(name: str) -> str:
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in DATASETS:
+        raise ValueError(f"Unknown data set '{name}'. Valid names: {', '.join(DATASETS)}")
+    return key
+
+
+def stratified_subset(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced subset of ``size`` samples (sorted), reproducible from ``seed``."""
+    classes = np.unique(labels)
+    if size > len(labels):
+        raise ValueError(f"subset of {size} requested from {len(labels)} samples")
+    rng = np.random.default_rng(seed)
+    per = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    take, i = [], 0
+    while len(take) < size:  # round-robin over classes
+        for p in per:
+            if i < len(p) and len(take) < size:
+                take.append(p[i])
+        i += 1
+    return np.sort(np.asarray(take))
+
+
+def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    xf = x.reshape(len(x), -1, x.shape[-1] if x.ndim == 4 else 1).astype(np.float64) / 255.0
+    return tuple(xf.mean((0, 1)).tolist()), tuple(xf.std((0, 1)).tolist())
+
+
+def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None, batch_size: int = 128,
+               eval_batch_size: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
+               workers: int = 2, train_size: int | None = None, image_size: int | None = None,
+               pad: int | None = None, flip: bool = True) -> DataBundle:
+    """Build train/val loaders for a named data set (see ``DATASETS``)."""
+    key = resolve_name(name)
+    eval_batch_size = eval_batch_size or batch_size
+    if key == "folder":
+        if data_dir is None:
+            raise FileNotFoundError("--data folder needs --data-dir pointing to a tree with train/ and val/ sub-folders")
+        size = image_size or 224
+        common = dict(image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, workers=workers, seed=seed, rank=rank,
+                      world_size=world_size)
+        train = FolderLoader(data_dir, "train", batch_size, True, **common)
+        val = FolderLoader(data_dir, "val", eval_batch_size, False, **common)
+        if train.classes != val.classes:
+            raise ValueError(f"{data_dir}: train/ and val/ have different class folders")
+        return DataBundle(key, train, val, len(train.classes), 3, size, train.classes, IMAGENET_MEAN, IMAGENET_STD)
+    if key == "embedded":
+        z = load_embedded()
+        xtr, ytr, xte, yte, classes = z["x_train"], z["y_train"].astype(np.int64), z["x_test"], z["y_test"].astype(
+            np.int64), FMNIST_CLASSES
+    elif key == "fashion-mnist":
+        root = find_fashion_mnist(data_dir)
+        (xtr, ytr), (xte, yte) = load_fashion_mnist_split(root, "train"), load_fashion_mnist_split(root, "test")
+        classes = FMNIST_CLASSES
+    else:
+        xtr, ytr, classes = load_cifar(key, data_dir, "train")
+        xte, yte, _ = load_cifar(key, data_dir, "test")
+    if train_size is not None:
+        if not 0 < train_size <= len(ytr):
+            raise ValueError(f"--train-size {train_size} must be in 1..{len(ytr)} for {key}")
+        keep = stratified_subset(ytr, train_size, seed=0)
+        xtr, ytr = xtr[keep], ytr[keep]
+    mean, std = _stats(xtr)
+    in_chans = 1 if xtr.ndim == 3 else xtr.shape[-1]
+    size = xtr.shape[1]
+    if image_size not in (None, size):
+        raise ValueError(f"{key} images are {size}x{size}; --image-size {image_size} is not supported for it")
+    pad = (2 if size <= 28 else 4) if pad is None else pad
+    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size)
+    train = TensorLoader(xtr, ytr, batch_size, True, pad=pad, flip=flip, **common)
+    val = TensorLoader(xte, yte, eval_batch_size, False, **common)
+    num_classes = int(max(ytr.max(), yte.max())) + 1
+    return DataBundle(key, train, val, num_classes, in_chans, size, list(classes), mean, std)

@@ -1,0 +1,173 @@
+"""Epoch loaders: in-memory image tensors with batched augmentation, and ImageFolder trees via DataLoader.
+
+Both yield normalised float batches ``(x (B, C, H, W), y (B,))`` and make every epoch's order and
+augmentation a function of ``(seed, epoch)`` alone, so a resumed run sees exactly the batches an
+uninterrupted run would. Under DistributedDataParallel each global batch is split across ranks, so N
+processes see the same samples per step as one process with the same total batch.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+__all__ = ["TensorLoader", "FolderLoader", "epoch_generator"]
+
+
+def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1))
+
+
+class TensorLoader:
+    """Batches from uint8 images (N, H, W) or (N, H, W, C) held in memory.
+
+    Args:
+        images, labels: The data set.
+        batch_size: Global batch size (split across ranks).
+        train: Shuffle, drop the last partial batch and augment (random crop after zero padding, h-flip).
+        mean, std: Per-channel normalisation (on the 0..1 scale).
+        pad, flip: Augmentation settings (pad 0 disables the crop).
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, train: bool,
+                 mean: tuple[float, ...], std: tuple[float, ...], pad: int = 0, flip: bool = False, seed: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4 or len(images) != len(labels):
+            raise ValueError(f"images {images.shape} and labels {labels.shape} do not form a data set")
+        if batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes ({world_size})")
+        if train and batch_size > len(images):
+            raise ValueError(f"batch size {batch_size} is larger than the training set ({len(images)} images); "
+                             f"use --batch-size {len(images)} or less")
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))  # (N, C, H, W) uint8
+        self.labels = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+        self.batch_size, self.train = batch_size, train
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.pad, self.flip, self.seed = pad, flip, seed
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, c, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            xp = torch.nn.functional.pad(x, (p, p, p, p))  # (B, C, H+2p, W+2p), zero padding
+            oy = torch.randint(0, 2 * p + 1, (b,), generator=g)
+            ox = torch.randint(0, 2 * p + 1, (b,), generator=g)
+            rows = (oy[:, None] + torch.arange(h))[:, None, :, None]  # (B, 1, H, 1)
+            cols = (ox[:, None] + torch.arange(w))[:, None, None, :]  # (B, 1, 1, W)
+            x = xp[torch.arange(b)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+        if self.flip:
+            m = torch.rand(b, generator=g) < 0.5
+            x = torch.where(m[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        g = epoch_generator(self.seed, epoch)
+        n = self.num_samples
+        order = torch.randperm(n, generator=g) if self.train else torch.arange(n)
+        local = self.batch_size // self.world_size
+        for i in range(len(self)):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x = self.images[idx].float()  # (B, C, H, W) on the 0..255 scale
+            if self.train:
+                x = self._augment(x, g)  # augmentation drawn for the global batch: same on every rank
+            if self.world_size > 1:
+                lo = self.rank * local if self.train else None
+                sl = slice(lo, lo + local) if self.train else slice(self.rank, None, self.world_size)
+                x, yb = x[sl], self.labels[idx][sl]
+            else:
+                yb = self.labels[idx]
+            yield (x - self.mean) / self.std, yb
+
+
+class _CheckedImageFolder:
+    """torchvision ImageFolder whose loader names the file it could not read."""
+
+    def __new__(cls, root: Path, transform):
+        from PIL import Image, UnidentifiedImageError
+        from torchvision.datasets import ImageFolder
+
+        def loader(path: str):
+            try:
+                with open(path, "rb") as f:
+                    img = Image.open(f)
+                    img.load()
+                    return img.convert("RGB")
+            except (OSError, UnidentifiedImageError, SyntaxError) as e:
+                raise ValueError(f"cannot read image {path}: {e} (remove or replace the file)") from e
+
+        try:
+            return ImageFolder(str(root), transform=transform, loader=loader)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"{root}: {e}. Expected one sub-folder per class holding images") from e
+
+
+class FolderLoader:
+    """An ImageFolder tree (``root/train/<class>/*``, ``root/val/<class>/*``) through a DataLoader."""
+
+    def __init__(self, root: str | os.PathLike, split: str, batch_size: int, train: bool, image_size: int,
+                 mean: tuple[float, ...], std: tuple[float, ...], workers: int = 2, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, crop_pct: float = 0.875, interpolation: str = "bilinear") -> None:
+        from timm.data import create_transform
+        folder = Path(root) / split
+        if not folder.is_dir():
+            raise FileNotFoundError(f"ImageFolder split {folder} not found: expected {root}/train/<class>/... and "
+                                    f"{root}/val/<class>/...")
+        tf = create_transform(image_size, is_training=train, hflip=0.5 if train else 0.0, color_jitter=None,
+                              mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
+        self.dataset = _CheckedImageFolder(folder, tf)
+        if train and batch_size > len(self.dataset):
+            raise ValueError(f"batch size {batch_size} is larger than the training set ({len(self.dataset)} images)")
+        if batch_size % world_size:
+            raise ValueError(f"batch size {batch_size} must be divisible by the number of processes ({world_size})")
+        self.classes = self.dataset.classes
+        self.batch_size, self.train, self.workers, self.seed = batch_size, train, workers, seed
+        self.rank, self.world_size = rank, world_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from torch.utils.data import DataLoader, DistributedSampler
+        g = epoch_generator(self.seed, epoch)
+        local = self.batch_size // self.world_size
+        if self.world_size > 1:
+            sampler = DistributedSampler(self.dataset, self.world_size, self.rank, shuffle=self.train, seed=self.seed,
+                                         drop_last=self.train)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = (torch.utils.data.RandomSampler(self.dataset, generator=g) if self.train
+                       else torch.utils.data.SequentialSampler(self.dataset))
+        base = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+
+        def init_fn(worker_id: int) -> None:  # per-epoch, per-worker seeds for the random transforms
+            torch.manual_seed(base + worker_id)
+            np.random.seed((base + worker_id) % 2**32)
+
+        loader = DataLoader(self.dataset, batch_size=local, sampler=sampler, num_workers=self.workers,
+                            drop_last=self.train, worker_init_fn=init_fn, persistent_workers=False)
+        if self.workers == 0:
+            torch.manual_seed(base)
+        yield from loader

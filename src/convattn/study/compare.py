@@ -1,0 +1,240 @@
+"""``convattn compare``: train a baseline and attention variants under one recipe and several seeds, then report
+accuracy (mean ± std over seeds), parameters, MACs, measured latency and training time in one table.
+
+Resumable: finished runs (``final.json``) are read back, unfinished ones resume from their last epoch
+checkpoint, and the report is rebuilt from whatever has finished. All files are written atomically.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..data import build_data
+from ..models import DEFAULT_VARIANTS, parse_variant
+from ..profile.counting import count_complexity
+from ..profile.latency import measure_latency, prepare_for_timing
+from ..report import atomic_write_text, print_table, to_markdown, write_csv
+from ..tasks.classification import TrainConfig, build_model, resolve_config, train
+
+__all__ = ["CompareConfig", "run_compare", "DEFAULT_STUDY"]
+
+# The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized to finish in under
+# 15 minutes on 2 CPU cores.
+DEFAULT_STUDY = dict(model="resnet20", data="embedded", train_size=4000, epochs=2, seeds=[0, 1, 2], batch_size=64,
+                     lr=0.05, warmup_epochs=0.25)
+
+
+@dataclass
+class CompareConfig:
+    model: str = DEFAULT_STUDY["model"]
+    variants: Sequence[str] = DEFAULT_VARIANTS
+    seeds: Sequence[int] = tuple(DEFAULT_STUDY["seeds"])
+    data: str = DEFAULT_STUDY["data"]
+    data_dir: str | None = None
+    out: str = "runs/compare"
+    train: dict[str, Any] = field(default_factory=lambda: {k: DEFAULT_STUDY[k] for k in (
+        "train_size", "epochs", "batch_size", "lr", "warmup_epochs")})
+    threads: int | None = None
+    latency_batch: int = 64
+    latency_repeats: int = 10
+    progress: bool = True
+
+
+def _slug(variant: str) -> str:
+    return variant.replace("+", "_").replace("@", "-") or "none"
+
+
+def _base_config(cfg: CompareConfig) -> TrainConfig:
+    return resolve_config(TrainConfig(model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, threads=cfg.threads,
+                                      progress=cfg.progress, **cfg.train))
+
+
+def _run_config(base: TrainConfig, out: Path, variant: str, seed: int) -> TrainConfig:
+    return replace(base, variant=variant, seed=seed, out=str(out / "runs" / _slug(variant) / f"seed{seed}"))
+
+
+def _check_study(out: Path, study: dict[str, Any]) -> None:
+    p = out / "study.json"
+    if p.exists():
+        old = json.loads(p.read_text())
+        if old.get("recipe") != study["recipe"] or old.get("model") != study["model"]:
+            raise ValueError(f"{out} holds a study with another recipe or model; use a new --out folder "
+                             "(finished runs are never overwritten)")
+    atomic_write_text(p, json.dumps(study, indent=2))
+
+
+def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """(difference of means, standard error of the difference); se NaN with fewer than 2 seeds per arm."""
+    d = float(np.mean(a) - np.mean(b))
+    if len(a) < 2 or len(b) < 2:
+        return d, float("nan")
+    return d, math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
+
+
+def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]) -> list[dict[str, Any]]:
+    data = build_data(base.data, base.data_dir, base.batch_size, seed=0, train_size=base.train_size, workers=0)
+    models = [build_model(replace(base, variant=v), data).eval() for v in variants]
+    x1 = torch.randn(1, data.in_chans, data.image_size, data.image_size)
+    rows = []
+    for v, m in zip(variants, models):
+        c = count_complexity(m, x1)
+        rows.append(dict(variant=v, params=c.params, gmacs=c.macs / 1e9, gmacs_hook=c.hook_macs / 1e9))
+    x = torch.randn(cfg.latency_batch, data.in_chans, data.image_size, data.image_size)
+    timings = measure_latency([prepare_for_timing(m, torch.device("cpu")) for m in models], x, warmup=2,
+                              repeats=cfg.latency_repeats)
+    base_t = timings[variants.index("none")].median_ms if "none" in variants else timings[0].median_ms
+    for r, t in zip(rows, timings):
+        r.update(latency_ms=t.median_ms, latency_ratio=t.median_ms / base_t)
+    return rows
+
+
+def _plots(out: Path, rows: list[dict[str, Any]], curves: dict[str, list[list[float]]]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def save(fig, name):
+        tmp = out / f".{name}.tmp.png"
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=110)
+        plt.close(fig)
+        os.replace(tmp, out / name)
+
+    done = [r for r in rows if r.get("top1_mean") is not None]
+    for key, label, name in (("gmacs", "GMACs (dispatch counter, 10^9 multiply-accumulates)", "acc_vs_macs.png"),
+                             ("latency_ratio", "forward latency / plain model (same run)", "acc_vs_latency.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        for r in done:
+            if r.get(key) is None:
+                continue
+            ax.errorbar(r[key], r["top1_mean"], yerr=r["top1_std"] if r["top1_std"] == r["top1_std"] else None,
+                        fmt="o", capsize=3)
+            ax.annotate(r["variant"], (r[key], r["top1_mean"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("val top-1 (%), mean ± std over seeds")
+        save(fig, name)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for v, runs in curves.items():
+        n = min(len(r) for r in runs)
+        if n:
+            ax.plot(range(1, n + 1), np.mean([r[:n] for r in runs], 0), "o-", label=v)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("val top-1 (%), mean over seeds")
+    ax.legend(fontsize=8)
+    save(fig, "curves.png")
+
+
+def environment() -> dict[str, str]:
+    import timm
+    return {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+            "machine": f"{platform.machine()} {platform.processor()}".strip(), "cpu_threads": str(torch.get_num_threads()),
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}
+
+
+REPORT_COLUMNS = ["variant", "seeds_done", "top1_mean", "top1_std", "delta", "delta_se", "verdict", "params",
+                  "added_params", "gmacs", "gmacs_hook", "latency_ratio", "train_time_s", "train_img_s"]
+REPORT_HEADERS = {"seeds_done": "seeds", "top1_mean": "top-1 % (mean)", "top1_std": "± std", "delta": "Δ vs none",
+                  "delta_se": "SE(Δ)", "verdict": "Δ vs seed spread", "added_params": "added params",
+                  "gmacs": "GMACs (dispatch)", "gmacs_hook": "GMACs (hooks)", "latency_ratio": "latency / none",
+                  "train_time_s": "train s/run", "train_img_s": "train img/s"}
+
+
+def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) the study and write ``report.md``, ``results.csv``, ``runs.csv`` and plots."""
+    variants = list(dict.fromkeys(["none"] + [v.strip() for v in cfg.variants if v.strip()]))
+    for v in variants:
+        parse_variant(v)
+    if not cfg.seeds:
+        raise ValueError("compare needs at least one seed")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    base = _base_config(cfg)
+    recipe = {k: v for k, v in asdict(base).items() if k not in ("variant", "seed", "out", "progress", "threads")}
+    study = dict(model=cfg.model, variants=variants, seeds=list(cfg.seeds), recipe=recipe,
+                 command=command or "convattn " + shlex.join(sys.argv[1:]), environment=environment())
+    out.mkdir(parents=True, exist_ok=True)
+    _check_study(out, study)
+    t_start = time.perf_counter()
+    results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
+    curves: dict[str, list[list[float]]] = {v: [] for v in variants}
+    for seed in cfg.seeds:  # seed-major: an interrupted study has complete seeds first
+        for v in variants:
+            rc = _run_config(base, out, v, seed)
+            final_path = Path(rc.out) / "final.json"
+            if final_path.exists():
+                final = json.loads(final_path.read_text())
+            else:
+                final = train(rc)
+            results[v].append(final)
+            metrics = Path(rc.out) / "metrics.jsonl"
+            curves[v].append([json.loads(line)["val_top1"] for line in metrics.read_text().splitlines() if line])
+    prof_path = out / "profile.json"
+    if prof_path.exists() and [r["variant"] for r in json.loads(prof_path.read_text())] == variants:
+        prof = json.loads(prof_path.read_text())
+    else:
+        prof = _profile_variants(cfg, base, variants)
+        atomic_write_text(prof_path, json.dumps(prof, indent=2))
+    prof_by = {r["variant"]: r for r in prof}
+    base_acc = [r["val_top1"] for r in results["none"]]
+    rows = []
+    for v in variants:
+        accs = [r["val_top1"] for r in results[v]]
+        d, se = _welch(accs, base_acc)
+        if v == "none":
+            verdict = "baseline"
+        elif se != se:
+            verdict = "n/a (1 seed)"
+        else:
+            verdict = ("exceeds spread (better)" if d > 0 else "exceeds spread (worse)") if abs(d) > 2 * se else "within spread"
+        p = prof_by[v]
+        rows.append(dict(variant=v, seeds_done=len(accs), top1_mean=float(np.mean(accs)),
+                         top1_std=float(np.std(accs, ddof=1)) if len(accs) > 1 else float("nan"),
+                         delta=None if v == "none" else d, delta_se=None if v == "none" else se, verdict=verdict,
+                         params=p["params"], added_params=p["params"] - prof_by["none"]["params"], gmacs=p["gmacs"],
+                         gmacs_hook=p["gmacs_hook"], latency_ratio=p["latency_ratio"],
+                         train_time_s=float(np.mean([r["train_time_s"] for r in results[v]])),
+                         train_img_s=float(np.mean([r["images_per_s"] for r in results[v]])),
+                         top1_per_seed=" ".join(f"{a:.2f}" for a in accs)))
+    all_runs = [dict(variant=v, **{k: r[k] for k in ("seed", "val_top1", "val_top5", "val_loss", "train_time_s",
+                                                     "images_per_s")}) for v in variants for r in results[v]]
+    write_csv(out / "results.csv", rows, REPORT_COLUMNS + ["top1_per_seed"])
+    write_csv(out / "runs.csv", all_runs)
+    _plots(out, rows, curves)
+    wall = time.perf_counter() - t_start
+    r0 = results["none"][0]
+    md = [f"# convattn compare: {cfg.model} on {base.data}", "",
+          f"Command: `{study['command']}`", "",
+          f"Recipe (one for every arm): preset `{base.preset}`, {base.epochs} epochs, batch {base.batch_size}, SGD lr "
+          f"{base.lr} momentum {base.momentum} (nesterov {base.nesterov}), weight decay {base.weight_decay} "
+          f"(excluded: {base.wd_exclude}), {base.schedule} schedule, warm-up {base.warmup_epochs} epochs, "
+          f"label smoothing {base.label_smoothing}; {r0['train_images']} training / {r0['val_images']} validation "
+          f"images; seeds {list(cfg.seeds)}.", "",
+          "Environment: " + ", ".join(f"{k} {v}" for k, v in study["environment"].items()), "",
+          to_markdown(rows, REPORT_COLUMNS, REPORT_HEADERS), "",
+          "* top-1: validation accuracy after the last epoch, mean and sample std over seeds; per seed in results.csv.",
+          "* Δ vs none: difference of means; SE(Δ) = sqrt(s²/n + s₀²/n₀) (Welch). \"exceeds spread\" means |Δ| > 2·SE(Δ); "
+          "with few seeds this is a rough screen, not a significance test.",
+          "* GMACs: 10^9 multiply-accumulates for one image; *dispatch*: torch.utils.flop_counter (sees functional "
+          "convs); *hooks*: nn.Conv/nn.Linear hooks as thop/ptflops. Latency: CPU forward at batch "
+          f"{cfg.latency_batch}, median of interleaved runs, ratio to the plain model timed in the same run.",
+          "* AW-convolution and STEAM are reconstructions (no public code): numbers here are ours, not the papers'. "
+          f"AW mode: {base.conv_kwargs.get('mode', 'full (CIFAR-ResNet default)')}; STEAM: d=8, 4 heads, "
+          "placement per convattn defaults.", "",
+          f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",
+          "Plots: acc_vs_macs.png, acc_vs_latency.png, curves.png."]
+    atomic_write_text(out / "report.md", "\n".join(md) + "\n")
+    print_table(rows, REPORT_COLUMNS, REPORT_HEADERS, title=f"compare: {cfg.model} on {base.data} ({wall:.0f} s)")
+    print(f"report: {out / 'report.md'}")
+    return rows

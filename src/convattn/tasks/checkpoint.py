@@ -1,0 +1,111 @@
+"""Atomic checkpoints: safetensors weights + a weights-only torch state + JSON metadata, one folder per epoch.
+
+A checkpoint folder is written under a temporary name and renamed into place, then ``latest.json`` is
+replaced atomically to point at it, then older folders are removed. A run killed at any moment leaves the
+previous checkpoint intact and ``latest.json`` pointing at a complete folder. Loading never unpickles
+code: ``torch.load(..., weights_only=True)`` and safetensors.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..report import atomic_write_text
+
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "CheckpointError"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or made for another model."""
+
+
+def _tensors(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_checkpoint(ckpt_root: str | os.PathLike, epoch: int, model: nn.Module, state: dict[str, Any],
+                    meta: dict[str, Any], ema: nn.Module | None = None, keep_last: int = 1) -> Path:
+    root = Path(ckpt_root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"epoch_{epoch:04d}"
+    tmp = root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+    if ema is not None:
+        save_file(_tensors(ema.state_dict()), str(tmp / "ema.safetensors"))
+    torch.save(state, tmp / "state.pt")
+    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2, default=str))
+    final = root / name
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_text(root / "latest.json", json.dumps({"epoch": epoch, "path": name}))
+    done = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("epoch_") and p != final)
+    for old in done[:max(0, len(done) - (keep_last - 1))] if keep_last >= 1 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
+    """The folder ``latest.json`` points at, or None when no checkpoint was completed."""
+    p = Path(ckpt_root) / "latest.json"
+    if not p.exists():
+        return None
+    try:
+        info = json.loads(p.read_text())
+        folder = Path(ckpt_root) / info["path"]
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"{p} is corrupt ({e}); delete the checkpoints folder to start over") from e
+    if not folder.is_dir():
+        raise CheckpointError(f"{p} points to {folder}, which does not exist")
+    return folder
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module, what: str = "model") -> None:
+    """Load a safetensors state dict into ``model`` strictly; mismatches raise with the keys named."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    if not path.exists():
+        raise CheckpointError(f"checkpoint weights {path} not found")
+    try:
+        sd = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt") from e
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def show(keys):
+            return ", ".join(keys[:6]) + (f" (+{len(keys) - 6} more)" if len(keys) > 6 else "")
+        parts = [f"missing {show(missing)}" if missing else "", f"unexpected {show(unexpected)}" if unexpected else "",
+                 f"shape mismatch {show(shapes)}" if shapes else ""]
+        raise CheckpointError(f"{path} was made for another model/variant than this {what}: "
+                              + "; ".join(p for p in parts if p) + ". Check --model/--variant (or the run's config.json)")
+    model.load_state_dict(sd)
+
+
+def load_checkpoint(folder: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None) -> tuple[dict, dict]:
+    """Load weights (and EMA) into the modules; return (torch state, meta)."""
+    folder = Path(folder)
+    load_weights(folder / "model.safetensors", model)
+    if ema is not None:
+        load_weights(folder / "ema.safetensors", ema, "EMA model")
+    try:
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        meta = json.loads((folder / "meta.json").read_text())
+    except Exception as e:  # noqa: BLE001 - any failure here means an unusable checkpoint
+        raise CheckpointError(f"checkpoint {folder} is corrupt or incomplete ({type(e).__name__}: {e}); "
+                              "delete it to restart from the previous one or from scratch") from e
+    return state, meta

@@ -1,0 +1,419 @@
+"""Classification training and evaluation: one engine for the CLI, ``compare`` and the Python API.
+
+Reproducible (seeded order, augmentation and dropout per epoch), resumable bit for bit from the last
+completed epoch, DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA), timm schedulers and EMA.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DataBundle, build_data, resolve_name
+from ..models import create_model, parse_variant
+from ..report import atomic_write_text, write_csv
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+
+__all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
+
+# Recipes of the SE/CBAM/ECA/GCT lineage (specs/modules.md section 10); every value can be overridden.
+PRESETS: dict[str, dict[str, Any]] = {
+    "fmnist": dict(epochs=10, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                   schedule="cosine", warmup_epochs=1.0, label_smoothing=0.0),
+    "cifar": dict(epochs=200, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                  schedule="cosine", warmup_epochs=0.0, label_smoothing=0.0),
+    "cifar-step": dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                       schedule="step", milestones=[80, 120], warmup_epochs=0.0, label_smoothing=0.0),
+    "imagenet": dict(epochs=100, batch_size=256, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
+                     schedule="step", milestones=[30, 60, 90], warmup_epochs=0.0, label_smoothing=0.0,
+                     image_size=224),
+}
+_DEFAULT_PRESET = {"embedded": "fmnist", "fashion-mnist": "fmnist", "cifar10": "cifar", "cifar100": "cifar",
+                   "folder": "imagenet"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run; ``None`` fields are filled from the preset."""
+
+    model: str = "resnet20"
+    variant: str = "none"
+    attn_kwargs: dict[str, Any] = field(default_factory=dict)
+    conv_kwargs: dict[str, Any] = field(default_factory=dict)
+    data: str = "embedded"
+    data_dir: str | None = None
+    train_size: int | None = None
+    image_size: int | None = None
+    preset: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    eval_batch_size: int | None = None
+    lr: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
+    wd_exclude: str = "declared"  # "none" | "declared" (module-declared, e.g. GCT beta) | "norm_bias" (+ ndim <= 1)
+    schedule: str | None = None  # "cosine" | "step"
+    milestones: list[int] | None = None
+    gamma: float = 0.1
+    warmup_epochs: float | None = None
+    warmup_lr: float = 1e-4
+    min_lr: float = 0.0
+    label_smoothing: float | None = None
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: str = "none"  # "none" | "bf16" | "fp16"
+    channels_last: bool = False
+    compile: bool = False
+    zero_init_last: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    workers: int = 2
+    threads: int | None = None
+    device: str = "auto"
+    out: str = "runs/train"
+    resume: bool = True
+    keep_last: int = 1
+    progress: bool = True
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Fill preset values, validate names; returns a new config."""
+    d = asdict(cfg)
+    d["data"] = resolve_name(cfg.data)
+    preset = cfg.preset or _DEFAULT_PRESET[d["data"]]
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
+    d["preset"] = preset
+    for k, v in PRESETS[preset].items():
+        if d.get(k) is None:
+            d[k] = v
+    if d["data"] != "folder":
+        d["image_size"] = cfg.image_size  # tensor data sets keep their native size
+    parse_variant(d["variant"])  # validates
+    if d["schedule"] not in ("cosine", "step"):
+        raise ValueError(f"schedule must be 'cosine' or 'step', got {d['schedule']!r}")
+    if d["schedule"] == "step" and not d.get("milestones"):
+        raise ValueError("schedule 'step' needs milestones (epochs at which the LR drops)")
+    if d["amp"] not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
+    if d["wd_exclude"] not in ("none", "declared", "norm_bias"):
+        raise ValueError(f"wd_exclude must be none, declared or norm_bias, got {d['wd_exclude']!r}")
+    if d["epochs"] < 1:
+        raise ValueError(f"epochs must be >= 1, got {d['epochs']}")
+    return TrainConfig(**d)
+
+
+# what must agree between a run and the checkpoint it resumes from
+_IDENTITY_KEYS = ("model", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "image_size", "epochs",
+                  "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema")
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _param_groups(model: nn.Module, weight_decay: float, mode: str) -> list[dict[str, Any]]:
+    declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = mode != "none" and (name in declared or (mode == "norm_bias" and (p.ndim <= 1 or name.endswith(".bias"))))
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
+    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    common = dict(warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
+    if cfg.schedule == "cosine":
+        return CosineLRScheduler(opt, t_initial=total, lr_min=cfg.min_lr, **common)
+    return MultiStepLRScheduler(opt, decay_t=[m * steps_per_epoch for m in cfg.milestones], decay_rate=cfg.gamma,
+                                **common)
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _check_finite(x: torch.Tensor) -> None:
+    if not torch.isfinite(x).all():
+        raise ValueError("the input batch contains NaN or Inf values; check the data files and normalisation")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none", channels_last: bool = False,
+             info: DistInfo | None = None, epoch: int = 0) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (in %) over a loader; summed across ranks."""
+    info = info or DistInfo()
+    was = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, top1, top5, n
+    for x, y in loader.epoch(epoch):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, 1).indices
+        sums += torch.tensor([F.cross_entropy(logits, y, reduction="sum").item(), (top[:, 0] == y).sum().item(),
+                              (top == y[:, None]).any(1).sum().item(), len(y)], dtype=torch.float64)
+    all_reduce_sum(sums, info)
+    model.train(was)
+    n = max(sums[3].item(), 1.0)
+    return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
+            "n": int(sums[3].item())}
+
+
+class _Progress:
+    """A rich progress bar on rank 0 (silent elsewhere or when disabled)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.progress = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True)
+
+    def __enter__(self):
+        if self.progress:
+            self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.__exit__(*exc)
+
+    def add(self, desc: str, total: int):
+        return self.progress.add_task(desc, total=total, stats="") if self.progress else None
+
+    def update(self, task, stats: str) -> None:
+        if self.progress:
+            self.progress.update(task, advance=1, stats=stats)
+
+    def print(self, msg: str) -> None:
+        if self.progress:
+            self.progress.console.print(msg)
+        elif self.enabled:
+            print(msg, flush=True)
+
+
+def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    ax[0].plot(ep, [r["val_loss"] for r in rows], "s-", label="val")
+    ax[0].set_xlabel("epoch"), ax[0].set_ylabel("loss"), ax[0].legend()
+    ax[1].plot(ep, [r["train_top1"] for r in rows], "o-", label="train")
+    ax[1].plot(ep, [r["val_top1"] for r in rows], "s-", label="val")
+    if rows and "ema_top1" in rows[0]:
+        ax[1].plot(ep, [r["ema_top1"] for r in rows], "^-", label="val (EMA)")
+    ax[1].set_xlabel("epoch"), ax[1].set_ylabel("top-1 (%)"), ax[1].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def build_model(cfg: TrainConfig, data: DataBundle) -> nn.Module:
+    kw = dict(parse_variant(cfg.variant), num_classes=data.num_classes, in_chans=data.in_chans,
+              zero_init_last=cfg.zero_init_last)
+    if cfg.attn_kwargs:
+        kw["attn_kwargs"] = dict(cfg.attn_kwargs)
+    if cfg.conv_kwargs:
+        kw["conv_kwargs"] = dict(cfg.conv_kwargs)
+    return create_model(cfg.model, **kw)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train (or resume) one run; returns the final summary (also written to ``<out>/final.json``)."""
+    cfg = resolve_config(cfg)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
+    out = Path(cfg.out)
+    ckpt_root = out / "checkpoints"
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    _seed_all(cfg.seed)
+    device = info.device
+    data = build_data(cfg.data, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, cfg.seed, info.rank,
+                      info.world_size, cfg.workers, cfg.train_size, cfg.image_size)
+    model = build_model(cfg, data).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.wd_exclude), lr=cfg.lr, momentum=cfg.momentum,
+                          nesterov=cfg.nesterov and cfg.momentum > 0)
+    steps = len(data.train)
+    sched = _scheduler(opt, cfg, steps)
+    ema = None
+    if cfg.ema:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg.ema_decay)
+    scaler = torch.amp.GradScaler(device.type) if (cfg.amp == "fp16" and device.type == "cuda") else None
+
+    start_epoch, updates, rows = 1, 0, []
+    config_json = json.dumps(asdict(cfg), indent=2)
+    last = latest_checkpoint(ckpt_root) if cfg.resume else None
+    if last is not None:
+        state, meta = load_checkpoint(last, model, ema.module if ema is not None else None)
+        saved = meta.get("config", {})
+        diff = [k for k in _IDENTITY_KEYS if k in saved and saved[k] != asdict(cfg)[k]]
+        if diff:
+            raise CheckpointError(f"{last} belongs to a run with different settings ({', '.join(f'{k}: {saved[k]!r} -> {asdict(cfg)[k]!r}' for k in diff)}); "
+                                  f"use another --out or --no-resume")
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, updates, rows = int(meta["epoch"]) + 1, int(state["updates"]), list(meta.get("metrics", []))
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", config_json)
+
+    net: nn.Module = model
+    if cfg.compile:
+        net = torch.compile(net)
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    name = f"{cfg.model}/{cfg.variant}/seed{cfg.seed}"
+    t_run = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)
+    with _Progress(cfg.progress and info.is_main) as bar:
+        if start_epoch > cfg.epochs:
+            bar.print(f"{name}: already trained {cfg.epochs} epochs (resume found epoch {start_epoch - 1})")
+        for epoch in range(start_epoch, cfg.epochs + 1):
+            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout and other in-model randomness, per epoch
+            net.train()
+            task = bar.add(f"{name} ep {epoch}/{cfg.epochs}", steps)
+            sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, n
+            t0 = time.perf_counter()
+            for x, y in data.train.epoch(epoch):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if updates == 0 or cfg.deterministic:
+                    _check_finite(x)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, cfg.amp):
+                    logits = net(x)
+                    loss = criterion(logits.float(), y)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: loss became {loss.item()} at epoch {epoch}, update {updates}; "
+                                             "lower --lr or disable --amp")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                updates += 1
+                sched.step_update(updates)
+                if ema is not None:
+                    ema.update(model, step=updates)
+                n = len(y)
+                correct = (logits.argmax(1) == y).sum().item()
+                sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
+                bar.update(task, f"loss {sums[0] / sums[2]:.3f} acc {100 * sums[1] / sums[2]:.1f}% "
+                                 f"{sums[2].item() * info.world_size / (time.perf_counter() - t0):.0f} img/s")
+            train_time = time.perf_counter() - t0
+            all_reduce_sum(sums, info)
+            val = evaluate(model, data.val, device, cfg.amp, cfg.channels_last, info)
+            row = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=sums[0].item() / sums[2].item(),
+                       train_top1=100 * sums[1].item() / sums[2].item(), val_loss=val["loss"], val_top1=val["top1"],
+                       val_top5=val["top5"], images_per_s=sums[2].item() / train_time, epoch_time_s=train_time,
+                       elapsed_s=time.perf_counter() - t_run)
+            if ema is not None:
+                ev = evaluate(ema.module, data.val, device, cfg.amp, cfg.channels_last, info)
+                row.update(ema_top1=ev["top1"], ema_loss=ev["loss"])
+            rows.append(row)
+            if info.is_main:
+                bar.print(f"{name} epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
+                          f"top-1 {row['train_top1']:.2f}% | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% "
+                          f"| {row['images_per_s']:.0f} img/s")
+                write_csv(out / "metrics.csv", rows)
+                atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "updates": updates,
+                         "scaler": scaler.state_dict() if scaler is not None else {}}
+                save_checkpoint(ckpt_root, epoch, model, state,
+                                {"epoch": epoch, "config": asdict(cfg), "metrics": rows},
+                                ema.module if ema is not None else None, cfg.keep_last)
+            barrier(info)
+    final = dict(model=cfg.model, variant=cfg.variant, seed=cfg.seed, epochs=cfg.epochs, data=cfg.data,
+                 train_images=data.train.num_samples, val_images=data.val.num_samples,
+                 val_top1=rows[-1]["val_top1"], val_top5=rows[-1]["val_top5"], val_loss=rows[-1]["val_loss"],
+                 best_val_top1=max(r["val_top1"] for r in rows), train_time_s=sum(r["epoch_time_s"] for r in rows),
+                 images_per_s=float(np.mean([r["images_per_s"] for r in rows])), world_size=info.world_size,
+                 params=sum(p.numel() for p in model.parameters()))
+    if ema is not None:
+        final["ema_top1"] = rows[-1]["ema_top1"]
+    if info.is_main:
+        _plot_curves(rows, out / "curves.png", name)
+        atomic_write_text(out / "final.json", json.dumps(final, indent=2))
+    return final
+
+
+def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: str | None = None,
+                 checkpoint: str | None = None, use_ema: bool = False, batch_size: int = 256,
+                 device: str = "auto") -> dict[str, Any]:
+    """Evaluate a trained run (its config.json and latest checkpoint, or an explicit checkpoint folder/file)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path} not found: --run must be a folder written by `convattn train`")
+    saved = json.loads(cfg_path.read_text())
+    known = {f.name for f in fields(TrainConfig)}
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    if data:
+        cfg.data, cfg.data_dir = data, data_dir
+    info = init_distributed(device)
+    bundle = build_data(cfg.data, cfg.data_dir, batch_size, batch_size, cfg.seed, 0, 1, cfg.workers, None, cfg.image_size)
+    model = build_model(cfg, bundle).to(info.device)
+    src = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if src is None:
+        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
+    if src.is_dir():
+        src = src / ("ema.safetensors" if use_ema else "model.safetensors")
+    load_weights(src, model)
+    res = evaluate(model, bundle.val, info.device)
+    res.update(run=str(run_dir), checkpoint=str(src), data=bundle.name)
+    atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=2))
+    return res

@@ -1,0 +1,148 @@
+"""Arguments of ``convattn train | eval | compare``; each handler calls the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+__all__ = ["add_task_commands"]
+
+
+def _json_dict(s: str) -> dict[str, Any]:
+    try:
+        d = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"mode\": \"out\"}'")
+    return d
+
+
+def _int_list(s: str) -> list[int]:
+    return [int(p) for p in s.split(",") if p.strip()]
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("recipe (defaults come from --preset)")
+    g.add_argument("--preset", default=None, help="fmnist, cifar, cifar-step or imagenet (default by data set)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None, help="global batch size (split across processes)")
+    g.add_argument("--lr", type=float, default=None)
+    g.add_argument("--momentum", type=float, default=None)
+    g.add_argument("--weight-decay", type=float, default=None)
+    g.add_argument("--wd-exclude", choices=["none", "declared", "norm_bias"], default="declared",
+                   help="no weight decay on: nothing / module-declared params (GCT beta) / also norms and biases")
+    g.add_argument("--schedule", choices=["cosine", "step"], default=None)
+    g.add_argument("--milestones", type=_int_list, default=None, help="step schedule epochs, e.g. 30,60,90")
+    g.add_argument("--warmup-epochs", type=float, default=None)
+    g.add_argument("--label-smoothing", type=float, default=None)
+    g.add_argument("--ema", action="store_true", help="keep and evaluate an EMA of the weights (timm ModelEmaV3)")
+    g.add_argument("--ema-decay", type=float, default=0.999)
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--compile", action="store_true")
+    g.add_argument("--train-size", type=int, default=None, help="class-balanced subset of the training set")
+    g.add_argument("--image-size", type=int, default=None, help="ImageFolder crop size (default 224)")
+    g.add_argument("--workers", type=int, default=2, help="DataLoader workers (ImageFolder only)")
+    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--attn-kwargs", type=_json_dict, default={}, help='JSON options, e.g. \'{"d": 16}\'')
+    g.add_argument("--conv-kwargs", type=_json_dict, default={}, help='AWConv2d options, e.g. \'{"mode": "out"}\'')
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _data_args(p: argparse.ArgumentParser, default: str = "embedded") -> None:
+    p.add_argument("--data", default=default,
+                   help="embedded (default, ships with convattn), fashion-mnist, cifar10, cifar100, folder")
+    p.add_argument("--data-dir", default=None, help="folder of the data set (fashion-mnist, cifar*, folder)")
+
+
+def _variant(args: argparse.Namespace) -> str:
+    if args.variant and (args.attn or args.conv):
+        raise ValueError("give either --variant or --attn/--conv, not both")
+    if args.variant:
+        return args.variant
+    parts = [a for a in (args.attn, args.conv) if a and a != "none"]
+    return "+".join(parts) or "none"
+
+
+def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "wd_exclude", "schedule", "milestones",
+            "warmup_epochs", "label_smoothing", "ema", "ema_decay", "amp", "channels_last", "compile", "train_size",
+            "image_size", "workers", "device", "attn_kwargs", "conv_kwargs")
+    return {k: getattr(args, k) for k in keys if getattr(args, k) not in (None, {}, False)}
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from .classification import TrainConfig, train
+    cfg = TrainConfig(model=args.model, variant=_variant(args), data=args.data, data_dir=args.data_dir, seed=args.seed,
+                      out=args.out, resume=not args.no_resume, deterministic=args.deterministic, threads=args.threads,
+                      progress=not args.quiet, **_train_overrides(args))
+    final = train(cfg)
+    if final.get("world_size", 1) == 1 or __import__("os").environ.get("RANK", "0") == "0":
+        print(json.dumps(final, indent=2))
+    return 0
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .classification import evaluate_run
+    res = evaluate_run(args.run, args.data, args.data_dir, args.checkpoint, args.ema, args.batch_size, args.device)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from ..models import DEFAULT_VARIANTS
+    from ..study import CompareConfig, run_compare
+    from ..study.compare import DEFAULT_STUDY
+    train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
+        if args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"] else {}
+    train.update(_train_overrides(args))
+    seeds = args.seeds if len(args.seeds) > 1 else list(range(args.seeds[0]))
+    cfg = CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
+                        data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
+                        latency_batch=args.latency_batch, progress=not args.quiet)
+    run_compare(cfg, "convattn " + shlex.join(sys.argv[1:]))
+    return 0
+
+
+def add_task_commands(sub: argparse._SubParsersAction) -> None:
+    from ..study.compare import DEFAULT_STUDY
+    p = sub.add_parser("train", help="train one model/variant (torchrun for several processes)")
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--variant", default=None, help="e.g. se+aw, steam@all (or use --attn/--conv)")
+    p.add_argument("--attn", default=None, help="se, cbam, eca, gct, steam (joined with +)")
+    p.add_argument("--conv", default=None, choices=[None, "none", "aw"])
+    _data_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--out", default="runs/train")
+    p.add_argument("--no-resume", action="store_true", help="start over even if --out holds checkpoints")
+    _recipe_args(p)
+    p.set_defaults(func=_run_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run on its (or another) validation set")
+    p.add_argument("--run", required=True, help="folder written by convattn train")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder or .safetensors file (default: latest)")
+    p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
+    _data_args(p, default=None)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_eval)
+
+    p = sub.add_parser("compare", help="train baseline + attention variants over seeds and write one report",
+                       description="With no arguments: ResNet-20 on the embedded Fashion-MNIST subset "
+                                   f"({DEFAULT_STUDY['train_size']} training images, {DEFAULT_STUDY['epochs']} epochs, "
+                                   f"{len(DEFAULT_STUDY['seeds'])} seeds), every default variant.")
+    p.add_argument("--model", default=DEFAULT_STUDY["model"])
+    p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
+                   help="comma-separated (default: none,se,cbam,eca,gct,steam,aw,se+aw,cbam+aw)")
+    p.add_argument("--seeds", type=_int_list, default=[len(DEFAULT_STUDY["seeds"])],
+                   help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
+    _data_args(p)
+    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--latency-batch", type=int, default=64)
+    _recipe_args(p)
+    p.set_defaults(func=_run_compare)
