@@ -31,10 +31,12 @@ GEOMS = [  # (cin, cout, k, stride, padding, dilation, groups, bias, H, W)
 
 @pytest.mark.parametrize("geom", GEOMS)
 @pytest.mark.parametrize("mode", ["full", "out", "outer"])
-@pytest.mark.parametrize("impl", ["fold", "unfold", "loop"])
+@pytest.mark.parametrize("impl", ["fold", "unfold", "loop", "taps"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_matches_per_sample_reference(geom, mode, impl, batch):
     cin, cout, k, s, p, d, g, bias, h, w = geom
+    if impl == "taps" and mode == "full":
+        pytest.skip("taps applies to modes out/outer")
     m = AWConv2d(cin, cout, k, s, p, d, g, bias, mode=mode, init="small", impl=impl, min_hidden=2).double()
     with torch.no_grad():
         m.pw2.weight.normal_(0, 0.3)
@@ -164,6 +166,8 @@ def test_padding_strings_and_errors():
     assert AWConv2d(4, 4, 3, padding="valid").padding == (0, 0)
     with pytest.raises(ValueError, match="same"):
         AWConv2d(4, 4, 3, stride=2, padding="same")
+    with pytest.raises(ValueError, match="taps"):
+        AWConv2d(4, 4, 3, mode="full", impl="taps")
     with pytest.raises(ValueError, match="Unknown AW mode"):
         AWConv2d(4, 4, 3, mode="fancy")
     with pytest.raises(ValueError, match="divisible by groups"):

@@ -16,7 +16,10 @@ Modes (how the generator output reaches the kernel shape C_out x C_in/g x k x k)
 
 Implementations (``impl``): ``"fold"`` folds the batch into conv groups (one grouped conv2d, as timm's
 CondConv2d); ``"unfold"`` uses unfold + batched matmul (no batch-dependent group count); ``"loop"`` runs one
-conv per sample. ``"auto"`` picks ``"fold"``.
+conv per sample; ``"taps"`` (modes ``"out"``/``"outer"`` with the identity activation) never builds per-sample
+kernels: each tap is a 1x1 convolution with the static kernel on a shifted view of the input, and the
+channel factors act on its input and output (``X (*) (K * a_o b_i) = a_o * ((b_i * X) (*) K)`` per tap).
+``"auto"`` picks ``"fold"``.
 """
 from __future__ import annotations
 
@@ -26,12 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .helpers import check_input, to_2tuple
+from .helpers import adaptive_avg_pool2d, check_input, to_2tuple
 
 __all__ = ["AWConv2d", "AW_MODES", "AW_IMPLS"]
 
 AW_MODES = ("full", "full_g", "out", "outer")
-AW_IMPLS = ("auto", "fold", "unfold", "loop")
+AW_IMPLS = ("auto", "fold", "unfold", "loop", "taps")
 _MODE_ALIASES = {"full_grouped": "full_g", "fullg": "full_g"}
 _ATTN_ACTS = ("identity", "sigmoid", "tanh")
 
@@ -111,6 +114,9 @@ class AWConv2d(nn.Conv2d):
             raise ValueError(f"AW init must be 'zero' or 'small', got {init!r}")
         if impl not in AW_IMPLS:
             raise ValueError(f"Unknown AW impl {impl!r}. Valid: {', '.join(AW_IMPLS)}")
+        if impl == "taps" and (_MODE_ALIASES.get(mode, mode) not in ("out", "outer") or attn_act != "identity"):
+            raise ValueError("impl='taps' needs mode 'out' or 'outer' with attn_act='identity' (the modulation must "
+                             "factor into output- and input-channel terms per tap)")
         dd = {"device": device, "dtype": dtype}
         super().__init__(in_channels, out_channels, ks, st, pad, dil, groups, bias, **dd)
         self.mode = mode
@@ -172,23 +178,31 @@ class AWConv2d(nn.Conv2d):
         n = x.shape[0]
         kh, kw = self.kernel_size
         cin_g = self.in_channels // self.groups
-        cells = (kh, kw) if self.pool == "kernel" else (1, 1)
-        a0 = F.adaptive_avg_pool2d(x, cells)  # (N, C_in, kh, kw) or (N, C_in, 1, 1)
-        z = self.pw2(self.act(self.pw1(a0)))  # (N, P, kh, kw) or (N, P * kh * kw, 1, 1)
-        z = z.reshape(n, self.attn_rows, kh, kw)  # (N, P, kh, kw)
+        z = self._generator(x)  # (N, P, kh, kw): pooled input -> PW1 -> ReLU -> PW2
         if self.mode in ("full", "full_g"):
             a = z.reshape(n, self.out_channels, cin_g, kh, kw)
         elif self.mode == "out":
             a = z.reshape(n, self.out_channels, 1, kh, kw)
         else:  # outer: output head x input head, per tap
-            z_out = z[:, :self.out_channels].reshape(n, self.out_channels, 1, kh, kw)
-            z_in = z[:, self.out_channels:].reshape(n, 1, cin_g, kh, kw)
+            z_out, z_in = self._outer_heads(z)
             a = z_out * z_in  # (N, C_out, C_in/g, kh, kw)
         if self.attn_act == "sigmoid":
             a = torch.sigmoid(a)
         elif self.attn_act == "tanh":
             a = torch.tanh(a)
         return a
+
+    def _outer_heads(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, (kh, kw) = z.shape[0], self.kernel_size
+        z_out = z[:, :self.out_channels].reshape(n, self.out_channels, 1, kh, kw)  # (N, C_out, 1, kh, kw)
+        z_in = z[:, self.out_channels:].reshape(n, 1, self.in_channels // self.groups, kh, kw)  # (N, 1, C_in/g, kh, kw)
+        return z_out, z_in
+
+    def _generator(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw generator output Z, (N, P, kh, kw)."""
+        kh, kw = self.kernel_size
+        a0 = adaptive_avg_pool2d(x, (kh, kw) if self.pool == "kernel" else (1, 1))
+        return self.pw2(self.act(self.pw1(a0))).reshape(x.shape[0], self.attn_rows, kh, kw)
 
     def modulated_weight(self, attn: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels (N, C_out, C_in/g, kh, kw) from an attention map."""
@@ -198,15 +212,16 @@ class AWConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
         check_input(x, self.in_channels, type(self).__name__)
-        if attn is None:
-            attn = self.attention(x)
-        weight = self.modulated_weight(attn)
-        if self.impl == "unfold":
-            y = self._conv_unfold(x, weight)
-        elif self.impl == "loop":
-            y = self._conv_loop(x, weight)
+        if attn is None and self.impl == "taps":
+            y = self._conv_taps(x)
         else:
-            y = self._conv_fold(x, weight)
+            weight = self.modulated_weight(self.attention(x) if attn is None else attn)
+            if self.impl == "unfold":
+                y = self._conv_unfold(x, weight)
+            elif self.impl == "loop":
+                y = self._conv_loop(x, weight)
+            else:
+                y = self._conv_fold(x, weight)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
@@ -229,6 +244,37 @@ class AWConv2d(nn.Conv2d):
         wm = weight.reshape(n, g, self.out_channels // g, (c // g) * kh * kw)  # (N, g, C_out/g, C_in/g*kh*kw)
         y = torch.matmul(wm, u)  # (N, g, C_out/g, L)
         return y.reshape(n, self.out_channels, ho, wo)  # (N, C_out, H', W')
+
+    def _conv_taps(self, x: torch.Tensor) -> torch.Tensor:
+        """Modes out/outer without per-sample kernels: a 1x1 conv per tap on a shifted view of the input."""
+        n = x.shape[0]
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        z = self._generator(x)  # (N, P, kh, kw)
+        if self.mode == "out":
+            s_out, s_in = z.reshape(n, self.out_channels, kh, kw), None  # (N, C_out, kh, kw)
+        else:
+            z_out, z_in = self._outer_heads(z)
+            s_out = z_out[:, :, 0]  # (N, C_out, kh, kw)
+            s_in = z_in[:, 0].repeat(1, self.groups, 1, 1)  # (N, C_in, kh, kw): per-group factor for each input
+        h, w = x.shape[-2:]
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        xp = F.pad(x, (pw, pw, ph, ph))  # (N, C_in, H + 2ph, W + 2pw)
+        # residual "out": sum_d (1 + z_d) y_d; residual "outer": conv(x, K) + sum_d a_d * ((b_d * x_d) (*) K_d)
+        y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups) \
+            if (self.residual and s_in is not None) else None
+        for i in range(kh):
+            for j in range(kw):
+                xs = xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]  # (N, C_in, H', W')
+                if s_in is not None:
+                    xs = xs * s_in[:, :, i, j, None, None]
+                yd = F.conv2d(xs, self.weight[:, :, i:i + 1, j:j + 1], None, 1, 0, 1, self.groups)  # (N, C_out, H', W')
+                scale = s_out[:, :, i, j, None, None]  # (N, C_out, 1, 1)
+                if self.residual and s_in is None:
+                    scale = 1.0 + scale
+                yd = yd * scale
+                y = yd if y is None else y + yd
+        return y
 
     def _conv_loop(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         ys = [F.conv2d(x[i:i + 1], weight[i], None, self.stride, self.padding, self.dilation, self.groups)

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["make_divisible", "get_act_layer", "check_input", "to_2tuple", "upcast"]
+__all__ = ["make_divisible", "get_act_layer", "check_input", "to_2tuple", "upcast", "adaptive_avg_pool2d"]
 
 
 def make_divisible(v: float, divisor: int = 1, min_value: int | None = None, round_limit: float = 0.0) -> int:
@@ -73,3 +74,26 @@ def to_2tuple(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
 def upcast(x: torch.Tensor) -> torch.Tensor:
     """fp16/bf16 -> fp32 for reductions and softmax that overflow or lose precision; other dtypes unchanged."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _pool_matrix(n: int | torch.Tensor, k: int, like: torch.Tensor) -> torch.Tensor:
+    """(k, n) averaging matrix with PyTorch's adaptive-pooling bins [floor(i n / k), ceil((i + 1) n / k))."""
+    i = torch.arange(k, device=like.device, dtype=torch.float64)
+    start = torch.floor(i * n / k)
+    end = torch.ceil((i + 1) * n / k)
+    pos = torch.arange(n, device=like.device, dtype=torch.float64)
+    m = ((pos[None] >= start[:, None]) & (pos[None] < end[:, None])).to(like.dtype)  # (k, n)
+    return m / m.sum(1, keepdim=True)
+
+
+def adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d`` in eager mode; while tracing/exporting, the same bins as two small matmuls.
+
+    ONNX export of adaptive pooling fails when the input size is not a multiple of the output size
+    (pytorch issues 42653, 19954): AW's k x k pooling of 56/28/14/7 maps is such a case.
+    """
+    if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+        return F.adaptive_avg_pool2d(x, size)
+    ph = _pool_matrix(x.shape[-2], size[0], x)  # (kh, H)
+    pw = _pool_matrix(x.shape[-1], size[1], x)  # (kw, W)
+    return torch.matmul(torch.matmul(ph, x), pw.t())  # (N, C, kh, kw)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .eca import eca_kernel_size
-from .helpers import check_input, to_2tuple, upcast
+from .helpers import adaptive_avg_pool2d, check_input, to_2tuple, upcast
 
 __all__ = ["STEAM", "ScalarGraphAttention"]
 
@@ -200,7 +200,7 @@ class STEAM(nn.Module):
 
     def _ogp(self, p: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.ogp_pool == "avg":
-            return F.adaptive_avg_pool2d(p, size)
+            return adaptive_avg_pool2d(p, size)
         if self.ogp_pool == "max":
             return F.adaptive_max_pool2d(p, size)
         return 0.5 * (F.adaptive_avg_pool2d(p, size) + F.adaptive_max_pool2d(p, size))

@@ -86,6 +86,7 @@ class TrainConfig:
     resume: bool = True
     keep_last: int = 1
     progress: bool = True
+    stop_after: int | None = None  # end this call after that epoch (time-sliced jobs); rerun to continue
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -307,6 +308,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "config.json", config_json)
+        atomic_write_text(out / "data.json", json.dumps(dict(
+            name=data.name, mean=data.mean, std=data.std, image_size=data.image_size, in_chans=data.in_chans,
+            num_classes=data.num_classes, classes=data.classes), indent=2))
 
     net: nn.Module = model
     if cfg.compile:
@@ -319,7 +323,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     with _Progress(cfg.progress and info.is_main) as bar:
         if start_epoch > cfg.epochs:
             bar.print(f"{name}: already trained {cfg.epochs} epochs (resume found epoch {start_epoch - 1})")
-        for epoch in range(start_epoch, cfg.epochs + 1):
+        last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+        for epoch in range(start_epoch, last_epoch + 1):
             torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout and other in-model randomness, per epoch
             net.train()
             task = bar.add(f"{name} ep {epoch}/{cfg.epochs}", steps)
@@ -377,6 +382,9 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
                                 {"epoch": epoch, "config": asdict(cfg), "metrics": rows},
                                 ema.module if ema is not None else None, cfg.keep_last)
             barrier(info)
+    if rows and rows[-1]["epoch"] < cfg.epochs:
+        return {"model": cfg.model, "variant": cfg.variant, "seed": cfg.seed, "stopped_after": rows[-1]["epoch"],
+                "epochs": cfg.epochs, "val_top1": rows[-1]["val_top1"]}
     final = dict(model=cfg.model, variant=cfg.variant, seed=cfg.seed, epochs=cfg.epochs, data=cfg.data,
                  train_images=data.train.num_samples, val_images=data.val.num_samples,
                  val_top1=rows[-1]["val_top1"], val_top5=rows[-1]["val_top5"], val_loss=rows[-1]["val_loss"],
@@ -392,7 +400,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 
 
 def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: str | None = None,
-                 checkpoint: str | None = None, use_ema: bool = False, batch_size: int = 256,
+                 checkpoint: str | None = None, use_ema: bool = False, batch_size: int | None = None,
                  device: str = "auto") -> dict[str, Any]:
     """Evaluate a trained run (its config.json and latest checkpoint, or an explicit checkpoint folder/file)."""
     run_dir = Path(run_dir)
@@ -405,7 +413,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     if data:
         cfg.data, cfg.data_dir = data, data_dir
     info = init_distributed(device)
-    bundle = build_data(cfg.data, cfg.data_dir, batch_size, batch_size, cfg.seed, 0, 1, cfg.workers, None, cfg.image_size)
+    batch_size = batch_size or cfg.eval_batch_size or cfg.batch_size or 256  # default: the batch used in training
+    # same train_size: the normalisation statistics come from the training images
+    bundle = build_data(cfg.data, cfg.data_dir, batch_size, batch_size, cfg.seed, 0, 1, cfg.workers, cfg.train_size,
+                        cfg.image_size)
     model = build_model(cfg, bundle).to(info.device)
     src = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if src is None:

@@ -128,7 +128,7 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", default=None, help="checkpoint folder or .safetensors file (default: latest)")
     p.add_argument("--ema", action="store_true", help="evaluate the EMA weights")
     _data_args(p, default=None)
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the run's evaluation batch size")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_eval)
 

@@ -1,0 +1,88 @@
+"""ONNX (dynamic batch, optionally dynamic height/width) and TorchScript export of convattn models.
+
+AWConv2d's default implementation folds the batch into convolution groups, and ONNX stores a Conv's group
+count as a constant, so a folded graph only runs at the traced batch size (onnx issues 3843, 3889). Inside
+``export_mode`` every AWConv2d switches to ``impl="unfold"`` (unfold + batched matmul, no batch-dependent
+attribute) unless it already uses ``"taps"``, and the model's original implementations are restored afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from ..layers import AWConv2d
+
+__all__ = ["export_mode", "export_onnx", "export_torchscript", "run_onnx", "export_model"]
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch AWConv2d layers to the export-safe implementation for the duration of the block."""
+    saved = []
+    for m in model.modules():
+        if isinstance(m, AWConv2d) and m.impl not in ("unfold", "taps"):
+            saved.append((m, m.impl))
+            m.impl = "unfold"
+    try:
+        yield model
+    finally:
+        for m, impl in saved:
+            m.impl = impl
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, dynamic_batch: bool = True,
+                dynamic_hw: bool = False, opset: int = 18) -> Path:
+    """Export ``model`` (eval mode) to ONNX with the TorchScript-based exporter; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval()
+    axes = {}
+    if dynamic_batch:
+        axes[0] = "batch"
+    if dynamic_hw:
+        axes.update({2: "height", 3: "width"})
+    tmp = path.with_name(f".{path.name}.tmp")
+    with export_mode(model), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(tmp), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": axes, "output": {0: "batch"} if dynamic_batch else {}} if axes else None,
+                          opset_version=opset, dynamo=False)
+    os.replace(tmp, path)
+    return path
+
+
+def run_onnx(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
+    """Run an exported model with onnxruntime on the CPU."""
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (y,) = sess.run(None, {"input": x.detach().cpu().numpy()})
+    return torch.from_numpy(y)
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
+    """Trace ``model`` to TorchScript (export-safe AW implementation) and save it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with export_mode(model.eval()), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, example, check_trace=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    traced.save(str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_model(model: nn.Module, out_dir: str | os.PathLike, name: str, example: torch.Tensor,
+                 formats: tuple[str, ...] = ("onnx", "torchscript"), dynamic_hw: bool = False) -> dict[str, Path]:
+    out = {}
+    if "onnx" in formats:
+        out["onnx"] = export_onnx(model, Path(out_dir) / f"{name}.onnx", example, dynamic_hw=dynamic_hw)
+    if "torchscript" in formats:
+        out["torchscript"] = export_torchscript(model, Path(out_dir) / f"{name}.pt", example)
+    return out

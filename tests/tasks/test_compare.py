@@ -1,0 +1,45 @@
+"""compare: a tiny study end to end, its report, and resumption without retraining."""
+import csv
+import json
+import os
+
+from convattn.cli import main
+from convattn.study import CompareConfig, run_compare
+
+
+def _cfg(out, **kw):
+    return CompareConfig(variants=["steam", "aw"], seeds=[0, 1], out=str(out), progress=False, threads=2,
+                         latency_repeats=3, latency_batch=8,
+                         train=dict(train_size=128, epochs=1, batch_size=64, warmup_epochs=0.0), **kw)
+
+
+def test_compare_report_and_resume(tmp_path):
+    rows = run_compare(_cfg(tmp_path))
+    assert [r["variant"] for r in rows] == ["none", "steam", "aw"]
+    assert all(r["seeds_done"] == 2 for r in rows)
+    assert rows[0]["latency_ratio"] == 1.0 and rows[1]["added_params"] == 256 and rows[2]["added_params"] == 151_048
+    for f in ("report.md", "results.csv", "runs.csv", "acc_vs_macs.png", "acc_vs_latency.png", "curves.png",
+              "study.json", "profile.json"):
+        assert (tmp_path / f).exists(), f
+    md = (tmp_path / "report.md").read_text()
+    assert "| steam |" in md and "mean" in md and "reconstructions" in md
+    res = list(csv.DictReader(open(tmp_path / "results.csv")))
+    assert res[1]["verdict"] in ("within spread", "exceeds spread (better)", "exceeds spread (worse)")
+    # a killed study: one run lost its final.json (died after its last checkpoint); others are not retrained
+    finals = sorted(tmp_path.glob("runs/*/seed*/final.json"))
+    stamps = {p: os.stat(p).st_mtime_ns for p in finals}
+    (tmp_path / "runs/aw/seed1/final.json").unlink()
+    rows2 = run_compare(_cfg(tmp_path))
+    for p in finals:
+        if "aw/seed1" not in str(p):
+            assert os.stat(p).st_mtime_ns == stamps[p]
+    assert rows2[2]["top1_mean"] == rows[2]["top1_mean"]
+
+
+def test_compare_refuses_other_recipe_in_same_folder(tmp_path, capsys):
+    run_compare(CompareConfig(variants=["eca"], seeds=[0], out=str(tmp_path), progress=False, latency_repeats=2,
+                              latency_batch=4, train=dict(train_size=64, epochs=1, batch_size=64)))
+    rc = main(["compare", "--variants", "eca", "--seeds", "1", "--out", str(tmp_path), "--train-size", "64",
+               "--epochs", "1", "--batch-size", "32", "--quiet"])
+    assert rc == 2 and "another recipe" in capsys.readouterr().err
+    assert main(["compare", "--variants", "eca,foo", "--out", str(tmp_path / "x")]) == 2

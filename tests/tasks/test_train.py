@@ -1,0 +1,112 @@
+"""Training engine on tiny real data: outputs, exact resume, checkpoint safety, evaluation, bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from convattn.cli import main
+from convattn.models import create_model
+from convattn.tasks.checkpoint import CheckpointError
+from convattn.tasks.classification import TrainConfig, _param_groups, evaluate_run, train
+
+TINY = dict(model="resnet20", train_size=256, batch_size=64, epochs=2, warmup_epochs=0.5, progress=False, threads=2)
+
+
+def test_train_writes_everything(tmp_path):
+    final = train(TrainConfig(variant="steam", out=str(tmp_path), **TINY))
+    assert final["epochs"] == 2 and 0 <= final["val_top1"] <= 100 and final["train_images"] == 256
+    for f in ("config.json", "metrics.csv", "metrics.jsonl", "final.json", "curves.png",
+              "checkpoints/latest.json", "checkpoints/epoch_0002/model.safetensors", "checkpoints/epoch_0002/state.pt"):
+        assert (tmp_path / f).exists(), f
+    assert not (tmp_path / "checkpoints" / "epoch_0001").exists()  # keep_last=1
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["preset"] == "fmnist" and cfg["lr"] == 0.1  # preset filled in
+
+
+def test_resume_is_bit_exact(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    train(TrainConfig(variant="se+aw", out=str(a), conv_kwargs={"init": "small"}, **TINY))
+    part = train(TrainConfig(variant="se+aw", out=str(b), stop_after=1, conv_kwargs={"init": "small"}, **TINY))
+    assert part["stopped_after"] == 1 and not (b / "final.json").exists()
+    train(TrainConfig(variant="se+aw", out=str(b), conv_kwargs={"init": "small"}, **TINY))
+    wa = load_file(str(a / "checkpoints/epoch_0002/model.safetensors"))
+    wb = load_file(str(b / "checkpoints/epoch_0002/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    fa, fb = json.loads((a / "final.json").read_text()), json.loads((b / "final.json").read_text())
+    assert fa["val_top1"] == fb["val_top1"]
+
+
+def test_resume_refuses_other_settings_and_corrupt_checkpoint(tmp_path):
+    train(TrainConfig(out=str(tmp_path), stop_after=1, **TINY))
+    with pytest.raises(CheckpointError, match="different settings"):
+        train(TrainConfig(out=str(tmp_path), **{**TINY, "lr": 0.3}))
+    w = tmp_path / "checkpoints/epoch_0001/model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])  # truncated
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        train(TrainConfig(out=str(tmp_path), **TINY))
+    assert (tmp_path / "metrics.csv").exists()  # earlier results untouched
+
+
+def test_eval_matches_training_and_checks_variant(tmp_path):
+    final = train(TrainConfig(variant="cbam", out=str(tmp_path), **{**TINY, "epochs": 1}))
+    res = evaluate_run(tmp_path, device="cpu")
+    assert res["top1"] == pytest.approx(final["val_top1"]) and res["loss"] == pytest.approx(final["val_loss"])
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["variant"] = "se"
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match="another model/variant"):
+        evaluate_run(tmp_path, device="cpu")
+
+
+def test_gct_beta_excluded_from_weight_decay():
+    m = create_model("resnet20", attn="gct")
+    groups = _param_groups(m, 5e-4, "declared")
+    no_decay = {id(p) for p in groups[1]["params"]}
+    betas = [p for n, p in m.named_parameters() if n.endswith("beta")]
+    assert betas and all(id(p) in no_decay for p in betas) and len(no_decay) == len(betas)
+    assert len(_param_groups(m, 5e-4, "none")) == 1
+    nb = _param_groups(m, 5e-4, "norm_bias")[1]["params"]
+    assert len(nb) > len(betas)
+
+
+def test_cli_train_and_errors(tmp_path, capsys):
+    rc = main(["train", "--model", "resnet20", "--attn", "eca", "--epochs", "1", "--train-size", "128",
+               "--batch-size", "64", "--out", str(tmp_path / "r"), "--quiet", "--threads", "2"])
+    assert rc == 0 and json.loads((tmp_path / "r" / "final.json").read_text())["variant"] == "eca"
+    assert main(["train", "--model", "resnet9", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "Valid names" in capsys.readouterr().err
+    assert main(["train", "--data", "cifar10", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert main(["train", "--batch-size", "20000", "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "larger than the training set" in capsys.readouterr().err
+    assert main(["eval", "--run", str(tmp_path / "nothing")]) == 2
+    assert "convattn train" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo) and the same global batch reproduces a single-process run."""
+    common = ["--model", "resnet20", "--epochs", "1", "--train-size", "512", "--batch-size", "64", "--quiet",
+              "--warmup-epochs", "0", "--lr", "0.02"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                    "-m", "convattn", "train", *common, "--out", str(tmp_path / "ddp")], check=True, env=env,
+                   timeout=600, capture_output=True)
+    subprocess.run([sys.executable, "-m", "convattn", "train", *common, "--threads", "1", "--out", str(tmp_path / "one")],
+                   check=True, env=env, timeout=600, capture_output=True)
+    ddp = json.loads((tmp_path / "ddp" / "final.json").read_text())
+    one = json.loads((tmp_path / "one" / "final.json").read_text())
+    assert ddp["world_size"] == 2 and ddp["train_images"] == one["train_images"]
+    # BN statistics are per process (32 vs 64 images), the only source of difference
+    assert abs(ddp["val_loss"] - one["val_loss"]) / one["val_loss"] < 0.1
+    assert abs(ddp["val_top1"] - one["val_top1"]) < 5.0
+    wa = load_file(str(tmp_path / "ddp/checkpoints/epoch_0001/model.safetensors"))
+    wb = load_file(str(tmp_path / "one/checkpoints/epoch_0001/model.safetensors"))
+    rel = (wa["fc.weight"] - wb["fc.weight"]).norm() / wb["fc.weight"].norm()
+    assert rel < 0.1
