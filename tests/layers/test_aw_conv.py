@@ -30,14 +30,18 @@ GEOMS = [  # (cin, cout, k, stride, padding, dilation, groups, bias, H, W)
 
 
 @pytest.mark.parametrize("geom", GEOMS)
-@pytest.mark.parametrize("mode", ["full", "out", "outer"])
+@pytest.mark.parametrize("mode", ["full", "full_g", "out", "outer"])
 @pytest.mark.parametrize("impl", ["fold", "unfold", "loop", "taps"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_matches_per_sample_reference(geom, mode, impl, batch):
     cin, cout, k, s, p, d, g, bias, h, w = geom
-    if impl == "taps" and mode == "full":
+    if impl == "taps" and mode in ("full", "full_g"):
         pytest.skip("taps applies to modes out/outer")
-    m = AWConv2d(cin, cout, k, s, p, d, g, bias, mode=mode, init="small", impl=impl, min_hidden=2).double()
+    try:
+        m = AWConv2d(cin, cout, k, s, p, d, g, bias, mode=mode, init="small", impl=impl, min_hidden=2).double()
+    except ValueError:
+        assert mode == "full_g"  # PW2 width not divisible by the hidden width for this geometry
+        return
     with torch.no_grad():
         m.pw2.weight.normal_(0, 0.3)
         m.pw2.bias.normal_(0, 0.3)
@@ -118,6 +122,17 @@ def test_generator_param_counts(mode, formula, cin, cout):
     assert m.hidden_channels == hidden
     extra = sum(p.numel() for n, p in m.named_parameters() if n.startswith("pw"))
     assert extra == formula(cin, cout, hidden)
+
+
+@pytest.mark.parametrize("pool", ["kernel", "global"])
+@pytest.mark.parametrize("residual", [True, False])
+def test_full_g_fused_weight_equals_generic_path(pool, residual):
+    m = AWConv2d(32, 16, 3, 1, 1, mode="full_g", pool=pool, residual=residual, init="small").double()
+    with torch.no_grad():
+        m.pw2.weight.normal_(0, 0.5)
+        m.pw2.bias.normal_(0, 0.5)
+    x = torch.randn(3, 32, 9, 7, dtype=torch.float64)
+    torch.testing.assert_close(m._full_g_weight(x), m.modulated_weight(m.attention(x)))
 
 
 def test_global_pool_and_activations():

@@ -206,8 +206,25 @@ class AWConv2d(nn.Conv2d):
 
     def modulated_weight(self, attn: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels (N, C_out, C_in/g, kh, kw) from an attention map."""
-        scale = 1.0 + attn if self.residual else attn
-        return self.weight.unsqueeze(0) * scale  # (N, C_out, C_in/g, kh, kw)
+        w = self.weight.unsqueeze(0)  # (1, C_out, C_in/g, kh, kw)
+        return torch.addcmul(w, w, attn) if self.residual else w * attn  # K + K*A in one pass
+
+    def _full_g_weight(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-sample kernels of mode ``full_g`` (identity activation) without materialising A.
+
+        PW2 is grouped with one hidden channel per group, so ``Z = w * h[group] + b`` element-wise and
+        ``K * (1 + Z) = K (1 + b) + (K w) * h``: two parameter-sized tensors and one per-sample pass.
+        """
+        n, (kh, kw), ch = x.shape[0], self.kernel_size, self.hidden_channels
+        t = kh * kw if self.pool == "kernel" else 1
+        a0 = adaptive_avg_pool2d(x, (kh, kw) if self.pool == "kernel" else (1, 1))
+        h = self.act(self.pw1(a0)).reshape(n, ch, 1, t)  # (N, C_h, 1, T)
+        kv = self.weight.reshape(ch, -1, t)  # (C_h, R, T): kernel entries grouped like PW2's output channels
+        wv = self.pw2.weight.reshape(ch, -1, 1)  # (C_h, R, 1)
+        bv = self.pw2.bias.reshape(ch, -1, 1)
+        k0 = kv + kv * bv if self.residual else kv * bv  # (C_h, R, T)
+        wk = torch.addcmul(k0, kv * wv, h)  # (N, C_h, R, T)
+        return wk.reshape(n, self.out_channels, self.in_channels // self.groups, kh, kw)
 
     def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
@@ -215,7 +232,10 @@ class AWConv2d(nn.Conv2d):
         if attn is None and self.impl == "taps":
             y = self._conv_taps(x)
         else:
-            weight = self.modulated_weight(self.attention(x) if attn is None else attn)
+            if attn is None and self.mode == "full_g" and self.attn_act == "identity":
+                weight = self._full_g_weight(x)
+            else:
+                weight = self.modulated_weight(self.attention(x) if attn is None else attn)
             if self.impl == "unfold":
                 y = self._conv_unfold(x, weight)
             elif self.impl == "loop":
