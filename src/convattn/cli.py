@@ -1,4 +1,4 @@
-"""Command line: ``convattn profile | train | eval | compare``. Thin: parses arguments, calls the library."""
+"""Command line: ``convattn profile | train | eval | compare | export | maps``. Thin: parses arguments, calls the library."""
 from __future__ import annotations
 
 import argparse
@@ -53,10 +53,114 @@ def _run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a trained run or a fresh model to ONNX and TorchScript, verified")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="folder written by convattn train (weights of its latest checkpoint)")
+    src.add_argument("--model", help="model name (fresh weights) when no --run is given")
+    p.add_argument("--variant", default="none", help="with --model: e.g. steam, se+aw")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--in-chans", type=int, default=3)
+    p.add_argument("--input-size", type=int, default=None, help="default: the run's image size, or 224/32")
+    p.add_argument("--formats", default="onnx,torchscript")
+    p.add_argument("--dynamic-hw", action="store_true", help="also dynamic height/width in ONNX")
+    p.add_argument("--ema", action="store_true", help="with --run: export the EMA weights")
+    p.add_argument("--out", default="exported")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .export import export_model, run_onnx
+    if args.run:
+        from .tasks.classification import load_run
+        cfg, info, model = load_run(args.run, use_ema=args.ema)
+        name, in_chans, size = f"{cfg.model}_{cfg.variant.replace('+', '_')}", info["in_chans"], info["image_size"]
+    else:
+        from .models import create_model, parse_variant
+        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans,
+                             **parse_variant(args.variant)).eval()
+        name, in_chans = f"{args.model}_{args.variant.replace('+', '_')}", args.in_chans
+        size = 32 if getattr(model, "stem", "") == "cifar" else 224
+    size = args.input_size or size
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = set(formats) - {"onnx", "torchscript"}
+    if bad:
+        raise ValueError(f"unknown export format(s) {sorted(bad)}; valid: onnx, torchscript")
+    paths = export_model(model, args.out, name, torch.randn(2, in_chans, size, size), formats, args.dynamic_hw)
+    for fmt, path in paths.items():
+        worst = 0.0
+        for batch in (1, 2, 5):
+            x = torch.randn(batch, in_chans, size, size)
+            with torch.no_grad():
+                ref = model(x)
+            y = run_onnx(path, x) if fmt == "onnx" else torch.jit.load(str(path))(x)
+            worst = max(worst, (y - ref).abs().max().item())
+        print(f"{fmt}: {path} (max |diff| vs PyTorch at batch 1, 2, 5: {worst:.2e})")
+    return 0
+
+
+def _add_maps(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("maps", help="draw what each attention module attends to, and Grad-CAM, for a trained run")
+    p.add_argument("--run", required=True, help="folder written by convattn train")
+    p.add_argument("--image", action="append", default=[], help="image file or folder (repeatable)")
+    p.add_argument("--index", default=None, help="indices of validation images of the run's data set, e.g. 0,5,9")
+    p.add_argument("--ema", action="store_true")
+    p.add_argument("--out", default=None, help="default: <run>/maps")
+    p.set_defaults(func=_run_maps)
+
+
+def _run_maps(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .analysis.maps import load_image, save_maps
+    from .tasks.classification import load_run
+    cfg, info, model = load_run(args.run, use_ema=args.ema)
+    out = Path(args.out or Path(args.run) / "maps")
+    items = []  # (name, tensor, display, label)
+    for src in args.image:
+        p = Path(src)
+        if not p.exists():
+            raise FileNotFoundError(f"image or folder {p} not found")
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) if p.is_dir() else [p]
+        for f in files:
+            x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])
+            items.append((f.stem, x, disp, None))
+    if args.index is not None or not items:
+        from .data import build_data
+        data = build_data(cfg.data, cfg.data_dir, 1, 1, train_size=cfg.train_size, workers=0)
+        idx = [int(i) for i in (args.index or "0").split(",")]
+        batches = list(data.val.epoch(0)) if data.name == "folder" else None
+        for i in idx:
+            if data.name == "folder":
+                x, y = batches[i]
+            else:
+                if not 0 <= i < data.val.num_samples:
+                    raise ValueError(f"--index {i} out of range: the validation set has {data.val.num_samples} images")
+                x = ((data.val.images[i:i + 1].float() - data.val.mean) / data.val.std)
+                y = data.val.labels[i:i + 1]
+            disp = (x[0] * torch_tensor(info["std"]).view(-1, 1, 1) + torch_tensor(info["mean"]).view(-1, 1, 1))
+            items.append((f"val{i}", x, np.clip(disp.permute(1, 2, 0).numpy(), 0, 1), int(y[0])))
+    for name, x, disp, label in items:
+        s = save_maps(model, x, disp, out / name, info.get("classes"), label)
+        print(f"{out / name}: {', '.join(s['files'])} (predicted {s['prediction']}, p={s['probability']:.2f})")
+    return 0
+
+
+def torch_tensor(v):
+    import torch
+    return torch.tensor(v, dtype=torch.float32)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convattn", description="Attention modules for convolutional networks.")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_profile(sub)
+    _add_export(sub)
+    _add_maps(sub)
     from .tasks.cli import add_task_commands
     add_task_commands(sub)
     return parser

@@ -1,7 +1,6 @@
 """MAC counters against hand-computed values, and the profile command end to end."""
 import csv
 
-import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -1,6 +1,5 @@
 """compare: a tiny study end to end, its report, and resumption without retraining."""
 import csv
-import json
 import os
 
 from convattn.cli import main

@@ -6,7 +6,6 @@ completed epoch, DistributedDataParallel under torchrun (gloo on CPU, nccl on CU
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -245,9 +244,11 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     os.replace(tmp, path)
 
 
-def build_model(cfg: TrainConfig, data: DataBundle) -> nn.Module:
-    kw = dict(parse_variant(cfg.variant), num_classes=data.num_classes, in_chans=data.in_chans,
-              zero_init_last=cfg.zero_init_last)
+def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: int | None = None,
+                in_chans: int | None = None) -> nn.Module:
+    """The run's model for a data bundle (or explicit class and channel counts)."""
+    kw = dict(parse_variant(cfg.variant), num_classes=data.num_classes if data else num_classes,
+              in_chans=data.in_chans if data else in_chans, zero_init_last=cfg.zero_init_last)
     if cfg.attn_kwargs:
         kw["attn_kwargs"] = dict(cfg.attn_kwargs)
     if cfg.conv_kwargs:
@@ -332,8 +333,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             t0 = time.perf_counter()
             for x, y in data.train.epoch(epoch):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if updates == 0 or cfg.deterministic:
-                    _check_finite(x)
+                _check_finite(x)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(device, cfg.amp):
@@ -399,17 +399,38 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     return final
 
 
-def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: str | None = None,
-                 checkpoint: str | None = None, use_ema: bool = False, batch_size: int | None = None,
-                 device: str = "auto") -> dict[str, Any]:
-    """Evaluate a trained run (its config.json and latest checkpoint, or an explicit checkpoint folder/file)."""
+def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
+             use_ema: bool = False) -> tuple[TrainConfig, dict[str, Any], nn.Module]:
+    """(config, data info, model with the run's latest or given weights) of a folder written by ``train``."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
+    cfg_path, data_path = run_dir / "config.json", run_dir / "data.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} not found: --run must be a folder written by `convattn train`")
     saved = json.loads(cfg_path.read_text())
     known = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
+    if data_path.exists():
+        info = json.loads(data_path.read_text())
+    else:  # runs from before data.json: rebuild the statistics from the data set
+        d = build_data(cfg.data, cfg.data_dir, cfg.batch_size or 1, seed=cfg.seed, train_size=cfg.train_size, workers=0)
+        info = dict(name=d.name, mean=d.mean, std=d.std, image_size=d.image_size, in_chans=d.in_chans,
+                    num_classes=d.num_classes, classes=d.classes)
+    model = build_model(cfg, num_classes=info["num_classes"], in_chans=info["in_chans"])
+    src = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if src is None:
+        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
+    if src.is_dir():
+        src = src / ("ema.safetensors" if use_ema else "model.safetensors")
+    load_weights(src, model)
+    return cfg, info, model.eval()
+
+
+def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: str | None = None,
+                 checkpoint: str | None = None, use_ema: bool = False, batch_size: int | None = None,
+                 device: str = "auto") -> dict[str, Any]:
+    """Evaluate a trained run (its config.json and latest checkpoint, or an explicit checkpoint folder/file)."""
+    run_dir = Path(run_dir)
+    cfg, _, model = load_run(run_dir, checkpoint, use_ema)
     if data:
         cfg.data, cfg.data_dir = data, data_dir
     info = init_distributed(device)
@@ -417,14 +438,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     # same train_size: the normalisation statistics come from the training images
     bundle = build_data(cfg.data, cfg.data_dir, batch_size, batch_size, cfg.seed, 0, 1, cfg.workers, cfg.train_size,
                         cfg.image_size)
-    model = build_model(cfg, bundle).to(info.device)
-    src = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
-    if src is None:
-        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
-    if src.is_dir():
-        src = src / ("ema.safetensors" if use_ema else "model.safetensors")
-    load_weights(src, model)
+    model = model.to(info.device)
     res = evaluate(model, bundle.val, info.device)
-    res.update(run=str(run_dir), checkpoint=str(src), data=bundle.name)
+    res.update(run=str(run_dir), checkpoint=str(checkpoint or latest_checkpoint(run_dir / "checkpoints")),
+               data=bundle.name, ema=use_ema)
     atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=2))
     return res
