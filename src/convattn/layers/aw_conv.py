@@ -19,7 +19,9 @@ CondConv2d); ``"unfold"`` uses unfold + batched matmul (no batch-dependent group
 conv per sample; ``"taps"`` (modes ``"out"``/``"outer"`` with the identity activation) never builds per-sample
 kernels: each tap is a 1x1 convolution with the static kernel on a shifted view of the input, and the
 channel factors act on its input and output (``X (*) (K * a_o b_i) = a_o * ((b_i * X) (*) K)`` per tap).
-``"auto"`` picks ``"fold"``.
+``"auto"`` follows the rule measured in benchmarks/results/cpu_modules_aw (CPU, batch 32): ``"taps"`` for mode
+``"outer"`` on output maps of at most 64 positions (3-5x faster than folding at 7x7), ``"unfold"`` for
+inference on such small maps when C_in/g * k^2 >= 2304, otherwise ``"fold"`` (fastest on every other shape).
 """
 from __future__ import annotations
 
@@ -229,22 +231,34 @@ class AWConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
         check_input(x, self.in_channels, type(self).__name__)
-        if attn is None and self.impl == "taps":
+        impl = self._auto_impl(x) if self.impl == "auto" else self.impl
+        if attn is None and impl == "taps":
             y = self._conv_taps(x)
         else:
             if attn is None and self.mode == "full_g" and self.attn_act == "identity":
                 weight = self._full_g_weight(x)
             else:
                 weight = self.modulated_weight(self.attention(x) if attn is None else attn)
-            if self.impl == "unfold":
+            if impl == "unfold":
                 y = self._conv_unfold(x, weight)
-            elif self.impl == "loop":
+            elif impl == "loop":
                 y = self._conv_loop(x, weight)
             else:
                 y = self._conv_fold(x, weight)
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
+
+    def _auto_impl(self, x: torch.Tensor) -> str:
+        """The implementation ``impl="auto"`` uses for this input (see the module docstring)."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        positions = ((x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1) * ((x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
+        if positions <= 64:
+            if self.mode == "outer" and self.attn_act == "identity":
+                return "taps"
+            if not torch.is_grad_enabled() and (self.in_channels // self.groups) * kh * kw >= 2304:
+                return "unfold"
+        return "fold"
 
     def _conv_fold(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape

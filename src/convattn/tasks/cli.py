@@ -95,6 +95,16 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from ..models import DEFAULT_VARIANTS
+    if args.task == "detection":
+        from ..detection.compare import compare_detection
+        from ..detection.engine import DetectConfig
+        base = DetectConfig(detector=args.detector, backbone=args.backbone,
+                            data="embedded" if args.data == "embedded" else "coco", data_dir=args.data_dir,
+                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
+                            progress=not args.quiet, device=args.device)
+        seeds = args.seeds if len(args.seeds) > 1 else list(range(args.seeds[0]))
+        compare_detection(base, args.variants or ["steam", "aw"], seeds, args.out, "convattn " + shlex.join(sys.argv[1:]))
+        return 0
     from ..study import CompareConfig, run_compare
     from ..study.compare import DEFAULT_STUDY
     train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
@@ -105,6 +115,79 @@ def _run_compare(args: argparse.Namespace) -> int:
                         data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
                         latency_batch=args.latency_batch, progress=not args.quiet)
     run_compare(cfg, "convattn " + shlex.join(sys.argv[1:]))
+    return 0
+
+
+def _detect_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("detection recipe (defaults from --preset)")
+    g.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
+    g.add_argument("--backbone", default="resnet18")
+    g.add_argument("--data", default="embedded", help="embedded (generated on first use), coco, voc")
+    g.add_argument("--data-dir", default=None)
+    g.add_argument("--preset", default="short", help="short (CPU, embedded data) or 1x (COCO schedule)")
+    for name, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--warmup-iters", int),
+                      ("--min-size", int), ("--max-size", int), ("--trainable-layers", int), ("--train-size", int),
+                      ("--val-size", int)):
+        g.add_argument(name, type=typ, default=None)
+    g.add_argument("--milestones", type=_int_list, default=None)
+    g.add_argument("--frozen-bn", dest="frozen_bn", action="store_true", default=None)
+    g.add_argument("--no-frozen-bn", dest="frozen_bn", action="store_false")
+    g.add_argument("--attn-norm-trainable", action="store_true", help="keep BN inside attention modules trainable")
+    g.add_argument("--init-from", default=None, help="convattn classification checkpoint for the backbone")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
+    g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--device", default="auto")
+    g.add_argument("--conv-kwargs", type=_json_dict, default={})
+    g.add_argument("--attn-kwargs", type=_json_dict, default={})
+    g.add_argument("--quiet", action="store_true")
+
+
+def _detect_config(args: argparse.Namespace, **extra: Any):
+    from ..detection.engine import DetectConfig
+    keys = ("detector", "backbone", "data", "data_dir", "preset", "epochs", "batch_size", "lr", "warmup_iters",
+            "min_size", "max_size", "trainable_layers", "milestones", "frozen_bn", "attn_norm_trainable", "init_from",
+            "amp", "threads", "device", "conv_kwargs", "attn_kwargs", "train_size", "val_size")
+    kw = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    return DetectConfig(progress=not args.quiet, **kw, **extra)
+
+
+def _run_detect(args: argparse.Namespace) -> int:
+    from ..detection import engine
+    if args.action == "train":
+        res = engine.train_detector(_detect_config(args, variant=args.variant, seed=args.seed, out=args.out or "runs/detect",
+                                                   resume=not args.no_resume))
+        print(json.dumps(res, indent=2))
+        return 0
+    if not args.run:
+        raise ValueError(f"detect {args.action} needs --run (a folder written by `convattn detect train`)")
+    cfg, info, model = engine.load_detector_run(args.run)
+    if args.action == "eval":
+        _, val = engine.build_datasets(cfg)
+        res = engine.evaluate_detector(model, val, cfg.detector == "maskrcnn", next(model.parameters()).device, args.run)
+        print(json.dumps(res, indent=2))
+        return 0
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    items = []
+    for src in args.image:
+        p = Path(src)
+        if not p.exists():
+            raise FileNotFoundError(f"image or folder {p} not found")
+        for f in (sorted(x for x in p.iterdir() if x.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() else [p]):
+            try:
+                arr = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
+            except OSError as e:
+                raise ValueError(f"cannot read image {f}: {e}") from e
+            items.append((f.stem, torch.from_numpy(arr).permute(2, 0, 1)))
+    if not items:
+        _, val = engine.build_datasets(cfg)
+        items = [(f"val{i}", val[i][0]) for i in range(min(args.num, len(val)))]
+    out = args.out or str(Path(args.run) / "predictions")
+    for p in engine.predict(model, items, info["classes"], out, args.score_thresh):
+        print(p)
     return 0
 
 
@@ -132,6 +215,19 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_run_eval)
 
+    p = sub.add_parser("detect", help="detection / instance segmentation: train, eval, predict")
+    p.add_argument("action", choices=["train", "eval", "predict"])
+    p.add_argument("--variant", default="none", help="backbone variant, e.g. steam, aw, cbam+aw")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="train: run folder (default runs/detect); predict: PNG folder")
+    p.add_argument("--run", default=None, help="eval/predict: folder written by detect train")
+    p.add_argument("--no-resume", action="store_true")
+    p.add_argument("--image", action="append", default=[], help="predict: image file or folder (repeatable)")
+    p.add_argument("--num", type=int, default=4, help="predict: validation images to draw when no --image")
+    p.add_argument("--score-thresh", type=float, default=0.5)
+    _detect_args(p)
+    p.set_defaults(func=_run_detect)
+
     p = sub.add_parser("compare", help="train baseline + attention variants over seeds and write one report",
                        description="With no arguments: ResNet-20 on the embedded Fashion-MNIST subset "
                                    f"({DEFAULT_STUDY['train_size']} training images, {DEFAULT_STUDY['epochs']} epochs, "
@@ -144,5 +240,8 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--latency-batch", type=int, default=64)
+    p.add_argument("--task", choices=["classification", "detection"], default="classification")
+    p.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
+    p.add_argument("--backbone", default="resnet18", help="--task detection: backbone ResNet")
     _recipe_args(p)
     p.set_defaults(func=_run_compare)

@@ -1,0 +1,102 @@
+"""Any convattn ResNet (any ``attn``/``conv`` variant) as a torchvision FPN backbone.
+
+The route is torchvision's ``BackboneWithFPN``: ``IntermediateLayerGetter`` over ``layer1..layer4`` plus a
+``FeaturePyramidNetwork``. Batch norm is frozen by default (``FrozenBatchNorm2d``, as torchvision and
+mmdetection do for detection). Norms inside attention modules (CBAM's spatial-gate BN) follow the backbone
+and are frozen too, unless ``attn_norm_trainable=True`` keeps them as trainable ``BatchNorm2d``; attention
+parameters themselves train whenever their stage is trainable. AWConv2d works per sample, so any batch size and
+image size the detector's transform produces is fine.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
+
+from ..layers import CBAM, STEAM
+from ..models import create_model, parse_variant
+from ..models.helpers import LoadReport
+
+__all__ = ["resnet_fpn_backbone", "freeze_attention_norms", "DETECTION_BACKBONES"]
+
+DETECTION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+_STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
+
+
+def _frozen(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    f = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+    f.weight.copy_(bn.weight.detach())
+    f.bias.copy_(bn.bias.detach())
+    f.running_mean.copy_(bn.running_mean)
+    f.running_var.copy_(bn.running_var)
+    return f
+
+
+def freeze_attention_norms(model: nn.Module) -> int:
+    """Replace BatchNorm2d inside attention modules by FrozenBatchNorm2d; returns how many were replaced."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, (CBAM, STEAM)):
+            for parent in m.modules():
+                for name, child in list(parent.named_children()):
+                    if isinstance(child, nn.BatchNorm2d):
+                        setattr(parent, name, _frozen(child))
+                        count += 1
+    return count
+
+
+def resnet_fpn_backbone(
+        name: str = "resnet50",
+        variant: str | None = None,
+        trainable_layers: int = 3,
+        returned_layers: list[int] | None = None,
+        extra_blocks: ExtraFPNBlock | None = None,
+        frozen_bn: bool = True,
+        attn_norm_trainable: bool = False,
+        out_channels: int = 256,
+        **model_kwargs: Any,
+) -> BackboneWithFPN:
+    """Build ``create_model(name, ...)`` as an FPN backbone.
+
+    Args:
+        name: An ImageNet-layout ResNet (``DETECTION_BACKBONES``).
+        variant: Variant string (``"steam"``, ``"se+aw"``); or pass ``attn=``/``conv=`` in ``model_kwargs``.
+        trainable_layers: Trainable stages counted from layer4 (0-5, as torchvision; 5 also trains the stem).
+        returned_layers: Stages fed to the FPN (default [1, 2, 3, 4]).
+        extra_blocks: FPN extra block (default ``LastLevelMaxPool``).
+        frozen_bn: FrozenBatchNorm2d in the backbone (default) or trainable BatchNorm2d.
+        attn_norm_trainable: Keep BatchNorm2d inside attention modules trainable when ``frozen_bn``.
+    """
+    if name not in DETECTION_BACKBONES:
+        raise ValueError(f"detection backbones must be ImageNet-layout ResNets: {', '.join(DETECTION_BACKBONES)}; "
+                         f"got {name!r}")
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
+    returned_layers = returned_layers or [1, 2, 3, 4]
+    if min(returned_layers) < 1 or max(returned_layers) > 4:
+        raise ValueError(f"returned_layers must be within [1, 4], got {returned_layers}")
+    if variant is not None:
+        model_kwargs.update(parse_variant(variant))
+    model_kwargs.setdefault("num_classes", 0)
+    body = create_model(name, norm_layer=FrozenBatchNorm2d if frozen_bn else None, **model_kwargs)
+    if frozen_bn and not attn_norm_trainable:
+        freeze_attention_norms(body)
+    train_prefixes = _STAGES[:trainable_layers] + (["bn1", "gct_stem"] if trainable_layers == 5 else [])
+    for pname, p in body.named_parameters():
+        if not any(pname.startswith(layer) for layer in train_prefixes):
+            p.requires_grad_(False)
+    in_stage2 = body.inplanes // 8
+    in_channels_list = [in_stage2 * 2 ** (i - 1) for i in returned_layers]
+    return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
+    return BackboneWithFPN(body, return_layers, in_channels_list, out_channels,
+                           extra_blocks=extra_blocks or LastLevelMaxPool())
+
+
+def load_backbone_weights(backbone: BackboneWithFPN, state_dict: dict) -> LoadReport:
+    """Load a convattn classification state dict (``convattn train``) into the detector's backbone body."""
+    from ..models.helpers import load_pretrained
+    sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    return load_pretrained(backbone.body, sd)

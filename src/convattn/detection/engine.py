@@ -1,0 +1,340 @@
+"""Detection training, COCO evaluation (pycocotools) and prediction drawing, with atomic resumable checkpoints."""
+from __future__ import annotations
+
+import json
+
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..report import atomic_write_text, to_markdown, write_csv
+from ..tasks.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from ..tasks.distributed import DistInfo, barrier, cleanup, init_distributed
+from .data import CocoDetection, VocDetection, collate, embedded_detection_root
+from .models import create_detector
+
+__all__ = ["DetectConfig", "DETECT_PRESETS", "train_detector", "evaluate_detector", "predict", "load_detector_run",
+           "build_datasets"]
+
+DETECT_PRESETS: dict[str, dict[str, Any]] = {
+    # COCO 1x (specs/modules.md section 10): 12 epochs, LR drops after 8 and 11, LR 0.02 per 16 images
+    "1x": dict(epochs=12, milestones=[8, 11], lr=0.02, batch_size=16, warmup_iters=500, min_size=800, max_size=1333,
+               trainable_layers=3, frozen_bn=True),
+    # CPU-sized run on the embedded set, trained from scratch (so BN trains and every stage is trainable)
+    "short": dict(epochs=4, milestones=[3], lr=0.02, batch_size=4, warmup_iters=50, min_size=128, max_size=128,
+                  trainable_layers=5, frozen_bn=False),
+}
+# Fewer proposals and sampled RoIs for small images: the R-CNN box head's cost is per RoI (COCO defaults: 2000
+# proposals, 512 RoIs per image), and it dominates at 128 px.
+SMALL_RCNN = dict(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300,
+                  rpn_post_nms_top_n_test=150, box_batch_size_per_image=128, box_detections_per_img=50)
+AP_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+@dataclass
+class DetectConfig:
+    detector: str = "fasterrcnn"
+    backbone: str = "resnet18"
+    variant: str = "none"
+    data: str = "embedded"  # "embedded" | "coco" (data_dir with train/, val/, annotations/) | "voc"
+    data_dir: str | None = None
+    preset: str = "short"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None  # for the preset's batch size; scaled linearly to batch_size
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    milestones: list[int] | None = None
+    warmup_iters: int | None = None
+    min_size: int | None = None
+    max_size: int | None = None
+    trainable_layers: int | None = None
+    frozen_bn: bool | None = None
+    attn_norm_trainable: bool = False
+    conv_kwargs: dict[str, Any] = field(default_factory=dict)
+    attn_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # convattn classification checkpoint (folder or .safetensors)
+    train_size: int | None = None  # first N training images (quick runs, tests)
+    val_size: int | None = None
+    amp: str = "none"
+    seed: int = 0
+    workers: int = 0
+    threads: int | None = None
+    device: str = "auto"
+    out: str = "runs/detect"
+    resume: bool = True
+    progress: bool = True
+    stop_after: int | None = None
+
+
+def resolve(cfg: DetectConfig) -> DetectConfig:
+    if cfg.preset not in DETECT_PRESETS:
+        raise ValueError(f"Unknown detection preset '{cfg.preset}'. Valid: {', '.join(DETECT_PRESETS)}")
+    d = asdict(cfg)
+    base = DETECT_PRESETS[cfg.preset]
+    for k, v in base.items():
+        if d.get(k) is None:
+            d[k] = v
+    if cfg.lr is None:
+        d["lr"] = base["lr"] * d["batch_size"] / base["batch_size"]
+    if d["data"] not in ("embedded", "coco", "voc"):
+        raise ValueError(f"Unknown detection data '{d['data']}'. Valid: embedded, coco, voc")
+    if d["amp"] not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
+    return DetectConfig(**d)
+
+
+def build_datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    masks = cfg.detector == "maskrcnn"
+    if cfg.data == "voc":
+        if cfg.data_dir is None:
+            raise FileNotFoundError("--data voc needs --data-dir with Annotations/, JPEGImages/ and ImageSets/Main/")
+        if masks:
+            raise ValueError("Pascal-VOC XML has no instance masks: use fasterrcnn or retinanet, or COCO-format data")
+        train = VocDetection(cfg.data_dir, image_set="train")
+        return train, VocDetection(cfg.data_dir, classes=train.classes, image_set="val")
+    root = embedded_detection_root() if cfg.data == "embedded" else Path(cfg.data_dir or "")
+    if cfg.data == "coco" and cfg.data_dir is None:
+        raise FileNotFoundError("--data coco needs --data-dir with train/, val/ and annotations/instances_{train,val}.json")
+    train = CocoDetection(root / "train", root / "annotations" / "instances_train.json", masks)
+    val = CocoDetection(root / "val", root / "annotations" / "instances_val.json", masks)
+    for ds, n in ((train, cfg.train_size), (val, cfg.val_size)):
+        if n is not None:
+            ds.ids = ds.ids[:n]
+    return train, val
+
+
+def build_detector(cfg: DetectConfig, num_classes: int) -> nn.Module:
+    bkw = {}
+    if cfg.conv_kwargs:
+        bkw["conv_kwargs"] = dict(cfg.conv_kwargs)
+    if cfg.attn_kwargs:
+        bkw["attn_kwargs"] = dict(cfg.attn_kwargs)
+    extra = SMALL_RCNN if (cfg.max_size <= 400 and cfg.detector != "retinanet") else {}
+    return create_detector(cfg.detector, cfg.backbone, cfg.variant, num_classes, cfg.trainable_layers, cfg.frozen_bn,
+                           cfg.attn_norm_trainable, cfg.min_size, cfg.max_size, backbone_kwargs=bkw, **extra)
+
+
+def _lr_at(cfg: DetectConfig, updates: int, epoch: int) -> float:
+    warm = min(1.0, (updates + 1) / cfg.warmup_iters) if cfg.warmup_iters else 1.0
+    warm = 0.001 + (1 - 0.001) * warm  # linear warm-up from 0.1% of the LR
+    drops = sum(epoch > m for m in cfg.milestones)
+    return cfg.lr * warm * 0.1 ** drops
+
+
+def _loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, info: DistInfo, workers: int):
+    from torch.utils.data import DataLoader, DistributedSampler
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    if info.enabled:
+        sampler = DistributedSampler(ds, info.world_size, info.rank, shuffle=shuffle, seed=seed)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = torch.utils.data.RandomSampler(ds, generator=g) if shuffle else torch.utils.data.SequentialSampler(ds)
+    return DataLoader(ds, batch_size=max(1, batch_size // info.world_size), sampler=sampler, num_workers=workers,
+                      collate_fn=collate, drop_last=shuffle)
+
+
+def train_detector(cfg: DetectConfig) -> dict[str, Any]:
+    """Train (or resume) a detector; evaluates with pycocotools after the last epoch. Returns the summary."""
+    cfg = resolve(cfg)
+    info = init_distributed(cfg.device)
+    try:
+        return _train(cfg, info)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
+    from ..tasks.classification import _Progress, _autocast, _seed_all
+    out = Path(cfg.out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _seed_all(cfg.seed)
+    train_ds, val_ds = build_datasets(cfg)
+    if len(train_ds) < cfg.batch_size:
+        raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train_ds)} images)")
+    model = build_detector(cfg, train_ds.num_classes).to(info.device)
+    report = None
+    if cfg.init_from:
+        from safetensors.torch import load_file
+        from .backbone import load_backbone_weights
+        src = Path(cfg.init_from)
+        src = src / "model.safetensors" if src.is_dir() else src
+        try:
+            sd = load_file(str(src))
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(f"cannot read classification weights {src}: {e}") from e
+        report = load_backbone_weights(model.backbone, sd)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    start, updates, rows = 1, 0, []
+    last = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    if last is not None:
+        state, meta = load_checkpoint(last, model)
+        if meta.get("config", {}).get("variant") != cfg.variant or meta.get("config", {}).get("detector") != cfg.detector:
+            raise CheckpointError(f"{last} belongs to another detector/variant; use another --out")
+        opt.load_state_dict(state["optimizer"])
+        start, updates, rows = int(meta["epoch"]) + 1, int(state["updates"]), list(meta.get("metrics", []))
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+        atomic_write_text(out / "data.json", json.dumps(dict(classes=train_ds.classes, num_classes=train_ds.num_classes)))
+        if report is not None:
+            atomic_write_text(out / "init_report.txt", report.summary() + "\n")
+            print(f"backbone initialised from {cfg.init_from}: {report.summary()}")
+    net = nn.parallel.DistributedDataParallel(model) if info.enabled else model
+    name = f"{cfg.detector}/{cfg.backbone}/{cfg.variant}/seed{cfg.seed}"
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    with _Progress(cfg.progress and info.is_main) as bar:
+        for epoch in range(start, last_epoch + 1):
+            torch.manual_seed(cfg.seed * 100_003 + epoch)
+            net.train()
+            loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, epoch, info, cfg.workers)
+            task = bar.add(f"{name} ep {epoch}/{cfg.epochs}", len(loader))
+            t0, tot, n = time.perf_counter(), 0.0, 0
+            for images, targets in loader:
+                images = [im.to(info.device) for im in images]
+                targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
+                for g in opt.param_groups:
+                    g["lr"] = _lr_at(cfg, updates, epoch)
+                with _autocast(info.device, cfg.amp):
+                    losses = net(images, targets)
+                loss = sum(losses.values())
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"{name}: loss became {loss.item()} at update {updates}; lower --lr")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                updates += 1
+                tot, n = tot + loss.item(), n + 1
+                bar.update(task, f"loss {tot / n:.3f} lr {opt.param_groups[0]['lr']:.4f}")
+            row = dict(epoch=epoch, loss=tot / max(n, 1), lr=opt.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0,
+                       images_per_s=n * cfg.batch_size / (time.perf_counter() - t0))
+            rows.append(row)
+            if info.is_main:
+                bar.print(f"{name} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f} ({row['images_per_s']:.1f} img/s)")
+                write_csv(out / "metrics.csv", rows)
+                save_checkpoint(out / "checkpoints", epoch, model, {"optimizer": opt.state_dict(), "updates": updates},
+                                {"epoch": epoch, "config": asdict(cfg), "metrics": rows})
+            barrier(info)
+    if rows and rows[-1]["epoch"] < cfg.epochs:
+        return {"stopped_after": rows[-1]["epoch"], "epochs": cfg.epochs}
+    res = {}
+    if info.is_main:
+        res = evaluate_detector(model, val_ds, cfg.detector == "maskrcnn", info.device, out)
+        res.update(detector=cfg.detector, backbone=cfg.backbone, variant=cfg.variant, seed=cfg.seed,
+                   epochs=cfg.epochs, train_time_s=sum(r["epoch_time_s"] for r in rows),
+                   params=sum(p.numel() for p in model.parameters()))
+        atomic_write_text(out / "final.json", json.dumps(res, indent=2))
+    return res
+
+
+@torch.no_grad()
+def evaluate_detector(model: nn.Module, ds, masks: bool, device: torch.device, out: str | os.PathLike | None = None,
+                      batch_size: int = 4) -> dict[str, Any]:
+    """COCO-style AP with pycocotools (boxes; masks too for Mask R-CNN); writes eval.json / eval.md to ``out``."""
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+    model.eval()
+    if isinstance(ds, CocoDetection):
+        gt, to_cat = ds.coco, ds.label_to_cat
+    else:  # VOC: build a COCO ground truth from the targets
+        gt = COCO()
+        imgs, anns = [], []
+        for i in range(len(ds)):
+            x, t = ds[i]
+            imgs.append(dict(id=i, width=x.shape[-1], height=x.shape[-2]))
+            for b, lab in zip(t["boxes"].tolist(), t["labels"].tolist()):
+                anns.append(dict(id=len(anns) + 1, image_id=i, category_id=lab, bbox=[b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                                 area=(b[2] - b[0]) * (b[3] - b[1]), iscrowd=0))
+        gt.dataset = dict(images=imgs, annotations=anns, categories=[dict(id=i + 1, name=c) for i, c in enumerate(ds.classes)])
+        gt.createIndex()
+        to_cat = {i + 1: i + 1 for i in range(len(ds.classes))}
+    dets, segs = [], []
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, collate_fn=collate)
+    for images, targets in loader:
+        outs = model([im.to(device) for im in images])
+        for t, o in zip(targets, outs):
+            img_id = int(t["image_id"])
+            boxes = o["boxes"].cpu()
+            for k in range(len(boxes)):
+                x1, y1, x2, y2 = boxes[k].tolist()
+                d = dict(image_id=img_id, category_id=to_cat[int(o["labels"][k])], bbox=[x1, y1, x2 - x1, y2 - y1],
+                         score=float(o["scores"][k]))
+                dets.append(d)
+                if masks:
+                    m = (o["masks"][k, 0] > 0.5).cpu().numpy().astype(np.uint8)
+                    rle = mask_utils.encode(np.asfortranarray(m))
+                    rle["counts"] = rle["counts"].decode("ascii")
+                    segs.append({**d, "segmentation": rle})
+    res: dict[str, Any] = {}
+    for kind, results in (("bbox", dets),) + ((("segm", segs),) if masks else ()):
+        if not results:
+            res[kind] = {n: 0.0 for n in AP_NAMES}
+            continue
+        ev = COCOeval(gt, gt.loadRes(results), kind)
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        res[kind] = {n: float(max(v, 0.0)) * 100 for n, v in zip(AP_NAMES, ev.stats[:6])}
+    res["detections"] = len(dets)
+    if out is not None:
+        out = Path(out)
+        atomic_write_text(out / "eval.json", json.dumps(res, indent=2))
+        rows = [dict(kind=k, **v) for k, v in res.items() if isinstance(v, dict)]
+        atomic_write_text(out / "eval.md", "COCO-style AP (%) from pycocotools\n\n" + to_markdown(rows, ["kind"] + AP_NAMES))
+    return res
+
+
+def load_detector_run(run_dir: str | os.PathLike) -> tuple[DetectConfig, dict[str, Any], nn.Module]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise FileNotFoundError(f"{run_dir}/config.json not found: --run must be a folder written by `convattn detect train`")
+    known = {f.name for f in fields(DetectConfig)}
+    cfg = DetectConfig(**{k: v for k, v in json.loads((run_dir / "config.json").read_text()).items() if k in known})
+    info = json.loads((run_dir / "data.json").read_text())
+    model = build_detector(cfg, info["num_classes"])
+    last = latest_checkpoint(run_dir / "checkpoints")
+    if last is None:
+        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
+    load_weights(last / "model.safetensors", model, "detector")
+    return cfg, info, model.eval()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: list[tuple[str, torch.Tensor]], classes: list[str], out_dir: str | os.PathLike,
+            score_thresh: float = 0.5) -> list[Path]:
+    """Draw boxes (and masks) with score >= ``score_thresh`` on each image and save PNGs."""
+    from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+    from PIL import Image
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    model.eval()
+    for name, x in images:
+        if not torch.isfinite(x).all():
+            raise ValueError(f"image {name} contains NaN or Inf values")
+        o = model([x])[0]
+        keep = o["scores"] >= score_thresh
+        img = (x * 255).clamp(0, 255).to(torch.uint8)
+        if "masks" in o and keep.any():
+            img = draw_segmentation_masks(img, o["masks"][keep, 0] > 0.5, alpha=0.45)
+        labels = [f"{classes[int(label) - 1] if 0 < int(label) <= len(classes) else label} {s:.2f}"
+                  for label, s in zip(o["labels"][keep], o["scores"][keep])]
+        if keep.any():
+            img = draw_bounding_boxes(img, o["boxes"][keep], labels, colors="yellow", width=1)
+        p = out / f"{name}.png"
+        tmp = out / f".{name}.tmp.png"
+        Image.fromarray(img.permute(1, 2, 0).numpy()).save(tmp)
+        os.replace(tmp, p)
+        paths.append(p)
+    return paths
+
+
