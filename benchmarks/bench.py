@@ -132,6 +132,7 @@ def suite_models(args, dev):
     for name in args.models:
         size, batch, variants = MODEL_SETS[name]
         batch = args.batch or batch
+        variants = args.variants or variants
         for backward in (False, True):
             if args.fwd_only and backward:
                 continue
@@ -195,6 +196,7 @@ def main() -> None:
     ap.add_argument("--suite", default="modules,models,aw")
     ap.add_argument("--models", default="resnet56,resnet18,resnet50")
     ap.add_argument("--aw-modes", default="full,full_g,out,outer")
+    ap.add_argument("--variants", default=None, help="override the variants of the models suite")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--warmup", type=int, default=2)
@@ -208,6 +210,7 @@ def main() -> None:
     args = ap.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     args.aw_modes = [m for m in args.aw_modes.split(",") if m]
+    args.variants = [v for v in args.variants.split(",") if v] if args.variants else None
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

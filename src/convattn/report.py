@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["atomic_write_text", "write_csv", "to_markdown", "print_table", "fmt"]
+__all__ = ["atomic_write_text", "write_csv", "to_markdown", "print_table", "fmt", "save_figure"]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -75,3 +75,16 @@ def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = 
     for r in rows:
         table.add_row(*(fmt(r.get(c)) for c in columns))
     Console(width=max(120, 14 * len(columns))).print(table)
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary file + rename) and close it."""
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=dpi)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

@@ -13,7 +13,7 @@ pytest.importorskip("pycocotools")
 from convattn.cli import main  # noqa: E402
 from convattn.detection import (AnnotationError, CocoDetection, VocDetection, create_detector,  # noqa: E402
                                 load_backbone_weights, make_synthetic_coco, resnet_fpn_backbone)
-from convattn.detection.engine import DetectConfig, evaluate_detector, train_detector  # noqa: E402
+from convattn.detection.engine import DetectConfig, train_detector  # noqa: E402
 from convattn.layers import CBAM  # noqa: E402
 from convattn.models import create_model  # noqa: E402
 
@@ -175,3 +175,14 @@ def test_train_eval_predict_tiny(tmp_path, monkeypatch):
                  "--out", str(tmp_path / "p")]) == 0
     assert len(list((tmp_path / "p").glob("*.png"))) == 2
     assert main(["detect", "eval", "--run", str(tmp_path / "r")]) == 0
+
+
+def test_detection_compare_tiny(tmp_path, monkeypatch):
+    import convattn.detection.engine as eng
+    monkeypatch.setattr(eng, "embedded_detection_root",
+                        lambda cache_dir=None: make_synthetic_coco(tmp_path / "det", n_train=8, n_val=4))
+    from convattn.detection.compare import compare_detection
+    rows = compare_detection(DetectConfig(epochs=1, batch_size=4, progress=False, threads=2), ["steam"], [0],
+                             tmp_path / "study")
+    assert [r["variant"] for r in rows] == ["none", "steam"] and "bbox_AP" in rows[0]
+    assert (tmp_path / "study" / "report.md").read_text().count("| steam |") == 1

@@ -110,3 +110,23 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     wb = load_file(str(tmp_path / "one/checkpoints/epoch_0001/model.safetensors"))
     rel = (wa["fc.weight"] - wb["fc.weight"]).norm() / wb["fc.weight"].norm()
     assert rel < 0.1
+
+
+
+def test_ema_label_smoothing_step_schedule(tmp_path):
+    final = train(TrainConfig(variant="se", out=str(tmp_path), ema=True, ema_decay=0.9, label_smoothing=0.1,
+                              schedule="step", milestones=[1], wd_exclude="norm_bias", **TINY))
+    assert "ema_top1" in final and (tmp_path / "checkpoints/epoch_0002/ema.safetensors").exists()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[1]["lr"] < rows[0]["lr"]  # step after epoch 1
+    res = evaluate_run(tmp_path, use_ema=True, device="cpu")
+    assert res["top1"] == pytest.approx(final["ema_top1"])
+
+
+@pytest.mark.slow
+def test_bf16_autocast_channels_last_training(tmp_path):
+    final = train(TrainConfig(variant="steam", out=str(tmp_path), amp="bf16", channels_last=True,
+                              **{**TINY, "epochs": 1, "train_size": 128}))
+    assert 0 <= final["val_top1"] <= 100
+    res = evaluate_run(tmp_path, device="cpu")
+    assert res["top1"] == pytest.approx(final["val_top1"])

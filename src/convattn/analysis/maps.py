@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AWConv2d, CBAM, ECA, GCT, SEModule, STEAM
-from ..report import atomic_write_text
+from ..report import atomic_write_text, save_figure
 
 __all__ = ["attention_maps", "grad_cam", "save_maps", "load_image"]
 
@@ -131,11 +131,7 @@ def save_maps(model: nn.Module, x: torch.Tensor, display: np.ndarray, out_dir: s
     written = []
 
     def save(fig, name):
-        tmp = out / f".{name}.tmp.png"
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, out / name)
+        save_figure(fig, out / name)
         written.append(name)
 
     chan = [(n, e["channel"]) for n, e in maps.items() if "channel" in e]

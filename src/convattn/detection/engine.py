@@ -283,7 +283,7 @@ def evaluate_detector(model: nn.Module, ds, masks: bool, device: torch.device, o
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-        res[kind] = {n: float(max(v, 0.0)) * 100 for n, v in zip(AP_NAMES, ev.stats[:6])}
+        res[kind] = {n: float(v) * 100 if v >= 0 else None for n, v in zip(AP_NAMES, ev.stats[:6])}  # -1: no such objects
     res["detections"] = len(dets)
     if out is not None:
         out = Path(out)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shlex
 import sys
@@ -24,7 +23,7 @@ from ..data import build_data
 from ..models import DEFAULT_VARIANTS, parse_variant
 from ..profile.counting import count_complexity
 from ..profile.latency import measure_latency, prepare_for_timing
-from ..report import atomic_write_text, print_table, to_markdown, write_csv
+from ..report import atomic_write_text, print_table, save_figure, to_markdown, write_csv
 from ..tasks.classification import TrainConfig, build_model, resolve_config, train
 
 __all__ = ["CompareConfig", "run_compare", "DEFAULT_STUDY"]
@@ -105,11 +104,7 @@ def _plots(out: Path, rows: list[dict[str, Any]], curves: dict[str, list[list[fl
     import matplotlib.pyplot as plt
 
     def save(fig, name):
-        tmp = out / f".{name}.tmp.png"
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        os.replace(tmp, out / name)
+        save_figure(fig, out / name)
 
     done = [r for r in rows if r.get("top1_mean") is not None]
     for key, label, name in (("gmacs", "GMACs (dispatch counter, 10^9 multiply-accumulates)", "acc_vs_macs.png"),

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..data import DataBundle, build_data, resolve_name
 from ..models import create_model, parse_variant
-from ..report import atomic_write_text, write_csv
+from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 
@@ -237,11 +237,7 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
         ax[1].plot(ep, [r["ema_top1"] for r in rows], "^-", label="val (EMA)")
     ax[1].set_xlabel("epoch"), ax[1].set_ylabel("top-1 (%)"), ax[1].legend()
     fig.suptitle(title)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: int | None = None,
@@ -439,7 +435,9 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     bundle = build_data(cfg.data, cfg.data_dir, batch_size, batch_size, cfg.seed, 0, 1, cfg.workers, cfg.train_size,
                         cfg.image_size)
     model = model.to(info.device)
-    res = evaluate(model, bundle.val, info.device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    res = evaluate(model, bundle.val, info.device, cfg.amp, cfg.channels_last)  # as the run evaluated itself
     res.update(run=str(run_dir), checkpoint=str(checkpoint or latest_checkpoint(run_dir / "checkpoints")),
                data=bundle.name, ema=use_ema)
     atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=2))
