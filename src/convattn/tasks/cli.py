@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from typing import Any
@@ -81,7 +82,7 @@ def _run_train(args: argparse.Namespace) -> int:
                       out=args.out, resume=not args.no_resume, deterministic=args.deterministic, threads=args.threads,
                       progress=not args.quiet, **_train_overrides(args))
     final = train(cfg)
-    if final.get("world_size", 1) == 1 or __import__("os").environ.get("RANK", "0") == "0":
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(json.dumps(final, indent=2))
     return 0
 
