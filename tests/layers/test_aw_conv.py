@@ -135,6 +135,19 @@ def test_full_g_fused_weight_equals_generic_path(pool, residual):
     torch.testing.assert_close(m._full_g_weight(x), m.modulated_weight(m.attention(x)))
 
 
+def test_full_g_inference_cache_follows_parameter_updates():
+    m = AWConv2d(32, 32, 3, 1, 1, mode="full_g", init="small").eval()
+    x = torch.randn(2, 32, 8, 8)
+    with torch.no_grad():
+        y1 = m(x)
+        torch.testing.assert_close(m(x), y1)  # served from the cache
+        m.pw2.bias.add_(0.5)  # in-place update bumps the version: the cache must not be reused
+        y2 = m(x)
+        ref = torch.cat([F.conv2d(x[i:i + 1], m.weight * (1 + m.attention(x)[i]), None, 1, 1) for i in range(2)])
+    torch.testing.assert_close(y2, ref, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(y1, y2)
+
+
 def test_global_pool_and_activations():
     x = torch.randn(2, 8, 9, 9)
     for pool, act in itertools.product(["kernel", "global"], ["identity", "sigmoid", "tanh"]):

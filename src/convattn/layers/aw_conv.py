@@ -21,7 +21,8 @@ kernels: each tap is a 1x1 convolution with the static kernel on a shifted view 
 channel factors act on its input and output (``X (*) (K * a_o b_i) = a_o * ((b_i * X) (*) K)`` per tap).
 ``"auto"`` follows the rule measured in benchmarks/results/cpu_modules_aw (CPU, batch 32): ``"taps"`` for mode
 ``"outer"`` on output maps of at most 64 positions (3-5x faster than folding at 7x7), ``"unfold"`` for
-inference on such small maps when C_in/g * k^2 >= 2304, otherwise ``"fold"`` (fastest on every other shape).
+inference on such small maps at batch >= 8 when C_in/g * k^2 >= 2304, otherwise ``"fold"`` (fastest on every
+other shape).
 """
 from __future__ import annotations
 
@@ -221,12 +222,26 @@ class AWConv2d(nn.Conv2d):
         t = kh * kw if self.pool == "kernel" else 1
         a0 = adaptive_avg_pool2d(x, (kh, kw) if self.pool == "kernel" else (1, 1))
         h = self.act(self.pw1(a0)).reshape(n, ch, 1, t)  # (N, C_h, 1, T)
+        k0, kw_ = self._full_g_factors(t)  # (C_h, R, T) each
+        wk = torch.addcmul(k0, kw_, h)  # (N, C_h, R, T)
+        return wk.reshape(n, self.out_channels, self.in_channels // self.groups, kh, kw)
+
+    def _full_g_factors(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parameter-only factors ``K (1 + b)`` (or ``K b``) and ``K w``; cached in inference until a parameter changes."""
+        params = (self.weight, self.pw2.weight, self.pw2.bias)
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
+        cacheable = not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+        cached = getattr(self, "_factor_cache", None)
+        if cacheable and cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        ch = self.hidden_channels
         kv = self.weight.reshape(ch, -1, t)  # (C_h, R, T): kernel entries grouped like PW2's output channels
         wv = self.pw2.weight.reshape(ch, -1, 1)  # (C_h, R, 1)
         bv = self.pw2.bias.reshape(ch, -1, 1)
-        k0 = kv + kv * bv if self.residual else kv * bv  # (C_h, R, T)
-        wk = torch.addcmul(k0, kv * wv, h)  # (N, C_h, R, T)
-        return wk.reshape(n, self.out_channels, self.in_channels // self.groups, kh, kw)
+        k0 = torch.addcmul(kv, kv, bv) if self.residual else kv * bv  # (C_h, R, T)
+        kw_ = kv * wv
+        self._factor_cache = (key, k0, kw_) if cacheable else None
+        return k0, kw_
 
     def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
@@ -256,8 +271,8 @@ class AWConv2d(nn.Conv2d):
         if positions <= 64:
             if self.mode == "outer" and self.attn_act == "identity":
                 return "taps"
-            if not torch.is_grad_enabled() and (self.in_channels // self.groups) * kh * kw >= 2304:
-                return "unfold"
+            if not torch.is_grad_enabled() and x.shape[0] >= 8 and (self.in_channels // self.groups) * kh * kw >= 2304:
+                return "unfold"  # measured at batch 32; at batch 1 the fold is a plain convolution
         return "fold"
 
     def _conv_fold(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
