@@ -22,7 +22,8 @@ channel factors act on its input and output (``X (*) (K * a_o b_i) = a_o * ((b_i
 ``"auto"`` follows the rule measured in benchmarks/results/cpu_modules_aw (CPU, batch 32): ``"taps"`` for mode
 ``"outer"`` on output maps of at most 64 positions (3-5x faster than folding at 7x7), ``"unfold"`` for
 inference on such small maps at batch >= 8 when C_in/g * k^2 >= 2304, otherwise ``"fold"`` (fastest on every
-other shape).
+other shape). In inference (no grad) mode ``"full_g"`` caches its two parameter-only factors (two
+kernel-sized tensors per layer) until a parameter changes.
 """
 from __future__ import annotations
 
