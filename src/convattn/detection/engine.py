@@ -15,6 +15,7 @@ from torch import nn
 
 from ..report import atomic_write_text, to_markdown, write_csv
 from ..tasks.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from ..tasks.common import Progress, autocast, seed_all
 from ..tasks.distributed import DistInfo, barrier, cleanup, init_distributed
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
 from .models import create_detector
@@ -151,11 +152,10 @@ def train_detector(cfg: DetectConfig) -> dict[str, Any]:
 
 
 def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
-    from ..tasks.classification import _Progress, _autocast, _seed_all
     out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     train_ds, val_ds = build_datasets(cfg)
     if len(train_ds) < cfg.batch_size:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train_ds)} images)")
@@ -191,7 +191,7 @@ def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
     net = nn.parallel.DistributedDataParallel(model) if info.enabled else model
     name = f"{cfg.detector}/{cfg.backbone}/{cfg.variant}/seed{cfg.seed}"
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    with _Progress(cfg.progress and info.is_main) as bar:
+    with Progress(cfg.progress and info.is_main) as bar:
         for epoch in range(start, last_epoch + 1):
             torch.manual_seed(cfg.seed * 100_003 + epoch)
             net.train()
@@ -203,7 +203,7 @@ def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
                 targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
                 for g in opt.param_groups:
                     g["lr"] = _lr_at(cfg, updates, epoch)
-                with _autocast(info.device, cfg.amp):
+                with autocast(info.device, cfg.amp):
                     losses = net(images, targets)
                 loss = sum(losses.values())
                 if not torch.isfinite(loss):

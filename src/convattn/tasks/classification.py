@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +21,7 @@ from ..data import DataBundle, build_data, resolve_name
 from ..models import create_model, parse_variant
 from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
@@ -120,12 +120,6 @@ _IDENTITY_KEYS = ("model", "variant", "attn_kwargs", "conv_kwargs", "data", "tra
                   "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema")
 
 
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
 def _param_groups(model: nn.Module, weight_decay: float, mode: str) -> list[dict[str, Any]]:
     declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     decay, no_decay = [], []
@@ -151,17 +145,6 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: in
                                 **common)
 
 
-def _autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return torch.autocast(device.type, enabled=False)
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def _check_finite(x: torch.Tensor) -> None:
-    if not torch.isfinite(x).all():
-        raise ValueError("the input batch contains NaN or Inf values; check the data files and normalisation")
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none", channels_last: bool = False,
              info: DistInfo | None = None, epoch: int = 0) -> dict[str, float]:
@@ -174,7 +157,7 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
         logits = logits.float()
         k = min(5, logits.shape[1])
@@ -186,40 +169,6 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
     n = max(sums[3].item(), 1.0)
     return {"loss": sums[0].item() / n, "top1": 100 * sums[1].item() / n, "top5": 100 * sums[2].item() / n,
             "n": int(sums[3].item())}
-
-
-class _Progress:
-    """A rich progress bar on rank 0 (silent elsewhere or when disabled)."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.progress = None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), transient=True)
-
-    def __enter__(self):
-        if self.progress:
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        if self.progress:
-            self.progress.__exit__(*exc)
-
-    def add(self, desc: str, total: int):
-        return self.progress.add_task(desc, total=total, stats="") if self.progress else None
-
-    def update(self, task, stats: str) -> None:
-        if self.progress:
-            self.progress.update(task, advance=1, stats=stats)
-
-    def print(self, msg: str) -> None:
-        if self.progress:
-            self.progress.console.print(msg)
-        elif self.enabled:
-            print(msg, flush=True)
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -270,7 +219,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    _seed_all(cfg.seed)
+    seed_all(cfg.seed)
     device = info.device
     data = build_data(cfg.data, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, cfg.seed, info.rank,
                       info.world_size, cfg.workers, cfg.train_size, cfg.image_size)
@@ -317,7 +266,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     name = f"{cfg.model}/{cfg.variant}/seed{cfg.seed}"
     t_run = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)
-    with _Progress(cfg.progress and info.is_main) as bar:
+    with Progress(cfg.progress and info.is_main) as bar:
         if start_epoch > cfg.epochs:
             bar.print(f"{name}: already trained {cfg.epochs} epochs (resume found epoch {start_epoch - 1})")
         last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
@@ -329,10 +278,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
             t0 = time.perf_counter()
             for x, y in data.train.epoch(epoch):
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                _check_finite(x)
+                check_finite(x)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, cfg.amp):
+                with autocast(device, cfg.amp):
                     logits = net(x)
                     loss = criterion(logits.float(), y)
                 if not torch.isfinite(loss):
