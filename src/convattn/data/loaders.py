@@ -22,7 +22,22 @@ def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch * 7919 + salt) % (2**63 - 1))
 
 
-class TensorLoader:
+class _EpochLoader:
+    """Batch counting shared by the loaders: training drops the last partial batch, evaluation keeps it."""
+
+    batch_size: int
+    train: bool
+
+    @property
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
+
+
+class TensorLoader(_EpochLoader):
     """Batches from uint8 images (N, H, W) or (N, H, W, C) held in memory.
 
     Args:
@@ -58,10 +73,6 @@ class TensorLoader:
     @property
     def num_samples(self) -> int:
         return len(self.labels)
-
-    def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def _augment(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -119,7 +130,7 @@ class _CheckedImageFolder:
             raise FileNotFoundError(f"{root}: {e}. Expected one sub-folder per class holding images") from e
 
 
-class FolderLoader:
+class FolderLoader(_EpochLoader):
     """An ImageFolder tree (``root/train/<class>/*``, ``root/val/<class>/*``) through a DataLoader."""
 
     def __init__(self, root: str | os.PathLike, split: str, batch_size: int, train: bool, image_size: int,
@@ -144,10 +155,6 @@ class FolderLoader:
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
-
-    def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.train else math.ceil(n / self.batch_size)
 
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         from torch.utils.data import DataLoader, DistributedSampler

@@ -202,11 +202,13 @@ class AWConv2d(nn.Conv2d):
         z_in = z[:, self.out_channels:].reshape(n, 1, self.in_channels // self.groups, kh, kw)  # (N, 1, C_in/g, kh, kw)
         return z_out, z_in
 
+    def _hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Generator hidden state ReLU(PW1(AvgPool(X))), (N, C_h, kh, kw) or (N, C_h, 1, 1)."""
+        return self.act(self.pw1(adaptive_avg_pool2d(x, self.kernel_size if self.pool == "kernel" else (1, 1))))
+
     def _generator(self, x: torch.Tensor) -> torch.Tensor:
         """Raw generator output Z, (N, P, kh, kw)."""
-        kh, kw = self.kernel_size
-        a0 = adaptive_avg_pool2d(x, (kh, kw) if self.pool == "kernel" else (1, 1))
-        return self.pw2(self.act(self.pw1(a0))).reshape(x.shape[0], self.attn_rows, kh, kw)
+        return self.pw2(self._hidden(x)).reshape(x.shape[0], self.attn_rows, *self.kernel_size)
 
     def modulated_weight(self, attn: torch.Tensor) -> torch.Tensor:
         """Per-sample kernels (N, C_out, C_in/g, kh, kw) from an attention map."""
@@ -221,8 +223,7 @@ class AWConv2d(nn.Conv2d):
         """
         n, (kh, kw), ch = x.shape[0], self.kernel_size, self.hidden_channels
         t = kh * kw if self.pool == "kernel" else 1
-        a0 = adaptive_avg_pool2d(x, (kh, kw) if self.pool == "kernel" else (1, 1))
-        h = self.act(self.pw1(a0)).reshape(n, ch, 1, t)  # (N, C_h, 1, T)
+        h = self._hidden(x).reshape(n, ch, 1, t)  # (N, C_h, 1, T)
         k0, kw_ = self._full_g_factors(t)  # (C_h, R, T) each
         wk = torch.addcmul(k0, kw_, h)  # (N, C_h, R, T)
         return wk.reshape(n, self.out_channels, self.in_channels // self.groups, kh, kw)
@@ -265,11 +266,16 @@ class AWConv2d(nn.Conv2d):
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
 
+    def _out_size(self, h: int, w: int) -> tuple[int, int]:
+        """Output map size of this convolution for an (h, w) input."""
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+
     def _auto_impl(self, x: torch.Tensor) -> str:
         """The implementation ``impl="auto"`` uses for this input (see the module docstring)."""
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        positions = ((x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1) * ((x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1)
-        if positions <= 64:
+        kh, kw = self.kernel_size
+        ho, wo = self._out_size(x.shape[-2], x.shape[-1])
+        if ho * wo <= 64:
             if self.mode == "outer" and self.attn_act == "identity":
                 return "taps"
             if not torch.is_grad_enabled() and x.shape[0] >= 8 and (self.in_channels // self.groups) * kh * kw >= 2304:
@@ -285,9 +291,8 @@ class AWConv2d(nn.Conv2d):
 
     def _conv_unfold(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        kh, kw = self.kernel_size
+        ho, wo = self._out_size(h, w)
         g = self.groups
         u = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)  # (N, C_in*kh*kw, L)
         u = u.reshape(n, g, (c // g) * kh * kw, ho * wo)  # (N, g, C_in/g*kh*kw, L)
@@ -306,9 +311,7 @@ class AWConv2d(nn.Conv2d):
             z_out, z_in = self._outer_heads(z)
             s_out = z_out[:, :, 0]  # (N, C_out, kh, kw)
             s_in = z_in[:, 0].repeat(1, self.groups, 1, 1)  # (N, C_in, kh, kw): per-group factor for each input
-        h, w = x.shape[-2:]
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        ho, wo = self._out_size(x.shape[-2], x.shape[-1])
         xp = F.pad(x, (pw, pw, ph, ph))  # (N, C_in, H + 2ph, W + 2pw)
         # residual "out": sum_d (1 + z_d) y_d; residual "outer": conv(x, K) + sum_d a_d * ((b_d * x_d) (*) K_d)
         y = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups) \
