@@ -72,7 +72,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .export import export_model, run_onnx
+    from .export import export_model, verify_export
     if args.run:
         from .tasks.classification import load_run
         cfg, info, model = load_run(args.run, use_ema=args.ema)
@@ -90,13 +90,7 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown export format(s) {sorted(bad)}; valid: onnx, torchscript")
     paths = export_model(model, args.out, name, torch.randn(2, in_chans, size, size), formats, args.dynamic_hw)
     for fmt, path in paths.items():
-        worst = 0.0
-        for batch in (1, 2, 5):
-            x = torch.randn(batch, in_chans, size, size)
-            with torch.no_grad():
-                ref = model(x)
-            y = run_onnx(path, x) if fmt == "onnx" else torch.jit.load(str(path))(x)
-            worst = max(worst, (y - ref).abs().max().item())
+        worst = verify_export(model, path, fmt, in_chans, size)
         print(f"{fmt}: {path} (max |diff| vs PyTorch at batch 1, 2, 5: {worst:.2e})")
     return 0
 
@@ -114,45 +108,21 @@ def _add_maps(sub: argparse._SubParsersAction) -> None:
 def _run_maps(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
-
-    from .analysis.maps import load_image, save_maps
+    from .analysis.maps import load_image, save_maps, validation_images
+    from .data import list_image_files
     from .tasks.classification import load_run
     cfg, info, model = load_run(args.run, use_ema=args.ema)
     out = Path(args.out or Path(args.run) / "maps")
     items = []  # (name, tensor, display, label)
-    for src in args.image:
-        p = Path(src)
-        if not p.exists():
-            raise FileNotFoundError(f"image or folder {p} not found")
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp")) if p.is_dir() else [p]
-        for f in files:
-            x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])
-            items.append((f.stem, x, disp, None))
+    for f in list_image_files(args.image):
+        x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])
+        items.append((f.stem, x, disp, None))
     if args.index is not None or not items:
-        from .data import build_data
-        data = build_data(cfg.data, cfg.data_dir, 1, 1, train_size=cfg.train_size, workers=0)
-        idx = [int(i) for i in (args.index or "0").split(",")]
-        batches = list(data.val.epoch(0)) if data.name == "folder" else None
-        for i in idx:
-            if data.name == "folder":
-                x, y = batches[i]
-            else:
-                if not 0 <= i < data.val.num_samples:
-                    raise ValueError(f"--index {i} out of range: the validation set has {data.val.num_samples} images")
-                x = ((data.val.images[i:i + 1].float() - data.val.mean) / data.val.std)
-                y = data.val.labels[i:i + 1]
-            disp = (x[0] * torch_tensor(info["std"]).view(-1, 1, 1) + torch_tensor(info["mean"]).view(-1, 1, 1))
-            items.append((f"val{i}", x, np.clip(disp.permute(1, 2, 0).numpy(), 0, 1), int(y[0])))
+        items += validation_images(cfg, info, [int(i) for i in (args.index or "0").split(",")])
     for name, x, disp, label in items:
         s = save_maps(model, x, disp, out / name, info.get("classes"), label)
         print(f"{out / name}: {', '.join(s['files'])} (predicted {s['prediction']}, p={s['probability']:.2f})")
     return 0
-
-
-def torch_tensor(v):
-    import torch
-    return torch.tensor(v, dtype=torch.float32)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ from torch import nn
 from ..layers import AWConv2d, CBAM, ECA, GCT, SEModule, STEAM
 from ..report import atomic_write_text, save_figure
 
-__all__ = ["attention_maps", "grad_cam", "save_maps", "load_image"]
+__all__ = ["attention_maps", "grad_cam", "save_maps", "load_image", "validation_images"]
 
 _ATTN_TYPES = (SEModule, ECA, GCT, CBAM, STEAM, AWConv2d)
 
@@ -112,6 +112,26 @@ def load_image(path: str | os.PathLike, in_chans: int, size: int, mean, std) -> 
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     t = (torch.from_numpy(arr) - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
     return t[None].float(), arr.transpose(1, 2, 0)
+
+
+def validation_images(cfg: Any, info: dict[str, Any], indices: list[int]) -> list[tuple[str, torch.Tensor, np.ndarray, int]]:
+    """(name, normalised tensor (1, C, H, W), display image, label) for validation images of a run's data set."""
+    from ..data import build_data
+    data = build_data(cfg.data, cfg.data_dir, 1, 1, train_size=cfg.train_size, workers=0)
+    mean, std = torch.tensor(info["mean"]).view(-1, 1, 1), torch.tensor(info["std"]).view(-1, 1, 1)
+    items = []
+    for i in indices:
+        if not 0 <= i < data.val.num_samples:
+            raise ValueError(f"--index {i} out of range: the validation set has {data.val.num_samples} images")
+        if data.name == "folder":
+            x, y = data.val.dataset[i]  # (C, H, W) after the evaluation transform
+            x = x[None]
+        else:
+            x = (data.val.images[i:i + 1].float() - data.val.mean) / data.val.std  # (1, C, H, W)
+            y = data.val.labels[i]
+        disp = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1]
+        items.append((f"val{i}", x.float(), disp, int(y)))
+    return items
 
 
 def save_maps(model: nn.Module, x: torch.Tensor, display: np.ndarray, out_dir: str | os.PathLike,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,7 +16,7 @@ from .fashion_mnist import CLASSES as FMNIST_CLASSES
 from .fashion_mnist import find_fashion_mnist, load_embedded, load_fashion_mnist_split
 from .loaders import FolderLoader, TensorLoader
 
-__all__ = ["DataBundle", "build_data", "list_datasets", "DATASETS", "stratified_subset"]
+__all__ = ["DataBundle", "build_data", "list_datasets", "DATASETS", "stratified_subset", "list_image_files"]
 
 DATASETS = {
     "embedded": "Fashion-MNIST subset shipped in the package (10k train / 2k test, 28x28 grey)",
@@ -119,3 +120,17 @@ def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None
     val = TensorLoader(xte, yte, eval_batch_size, False, **common)
     num_classes = int(max(ytr.max(), yte.max())) + 1
     return DataBundle(key, train, val, num_classes, in_chans, size, list(classes), mean, std)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def list_image_files(sources: list[str | os.PathLike]) -> list[Path]:
+    """Image files named directly or found (sorted, not recursively) in the given folders."""
+    files: list[Path] = []
+    for src in sources:
+        p = Path(src)
+        if not p.exists():
+            raise FileNotFoundError(f"image or folder {p} not found")
+        files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p]
+    return files

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..layers import AWConv2d
 
-__all__ = ["export_mode", "export_onnx", "export_torchscript", "run_onnx", "export_model"]
+__all__ = ["export_mode", "export_onnx", "export_torchscript", "run_onnx", "export_model", "verify_export"]
 
 
 @contextlib.contextmanager
@@ -63,6 +63,24 @@ def run_onnx(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"input": x.detach().cpu().numpy()})
     return torch.from_numpy(y)
+
+
+def verify_export(model: nn.Module, path: str | os.PathLike, fmt: str, in_chans: int, size: int,
+                  batches: tuple[int, ...] = (1, 2, 5)) -> float:
+    """Largest |exported - PyTorch| over random inputs at each batch size (the file is loaded once)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        run = lambda x: torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])  # noqa: E731
+    else:
+        run = torch.jit.load(str(path))
+    worst = 0.0
+    model = model.eval()
+    with torch.no_grad():
+        for batch in batches:
+            x = torch.randn(batch, in_chans, size, size)
+            worst = max(worst, (run(x) - model(x)).abs().max().item())
+    return worst
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:

@@ -172,17 +172,15 @@ def _run_detect(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
     from PIL import Image
+
+    from ..data import list_image_files
     items = []
-    for src in args.image:
-        p = Path(src)
-        if not p.exists():
-            raise FileNotFoundError(f"image or folder {p} not found")
-        for f in (sorted(x for x in p.iterdir() if x.suffix.lower() in (".png", ".jpg", ".jpeg")) if p.is_dir() else [p]):
-            try:
-                arr = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
-            except OSError as e:
-                raise ValueError(f"cannot read image {f}: {e}") from e
-            items.append((f.stem, torch.from_numpy(arr).permute(2, 0, 1)))
+    for f in list_image_files(args.image):
+        try:
+            arr = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
+        except OSError as e:
+            raise ValueError(f"cannot read image {f}: {e}") from e
+        items.append((f.stem, torch.from_numpy(arr).permute(2, 0, 1)))
     if not items:
         _, val = engine.build_datasets(cfg)
         items = [(f"val{i}", val[i][0]) for i in range(min(args.num, len(val)))]
