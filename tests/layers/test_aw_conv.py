@@ -35,12 +35,12 @@ GEOMS = [  # (cin, cout, k, stride, padding, dilation, groups, bias, H, W)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_matches_per_sample_reference(geom, mode, impl, batch):
     cin, cout, k, s, p, d, g, bias, h, w = geom
-    if impl == "taps" and mode in ("full", "full_g"):
-        pytest.skip("taps applies to modes out/outer")
+    if impl == "taps" and mode == "full":
+        pytest.skip("taps applies to modes full_g/out/outer")
     try:
         m = AWConv2d(cin, cout, k, s, p, d, g, bias, mode=mode, init="small", impl=impl, min_hidden=2).double()
     except ValueError:
-        assert mode == "full_g"  # PW2 width not divisible by the hidden width for this geometry
+        assert mode == "full_g"  # PW2 width (or, for taps, C_out) not divisible by the hidden width here
         return
     with torch.no_grad():
         m.pw2.weight.normal_(0, 0.3)
@@ -203,3 +203,22 @@ def test_padding_strings_and_errors():
     with pytest.raises(ValueError, match="4 channels"):
         m(torch.randn(1, 3, 8, 8))
     assert AWConv2d(64, 64, 3, mode="full_grouped").mode == "full_g"
+
+
+@pytest.mark.parametrize("mode, grad, batch, expected", [
+    ("full_g", True, 8, "taps"), ("full_g", False, 8, "taps"), ("full_g", True, 2, "fold"),
+    ("full", False, 8, "unfold"), ("full", True, 8, "fold"), ("outer", True, 1, "taps"), ("out", True, 8, "fold"),
+])
+def test_auto_rule_picks_measured_strategy_and_matches_fold(mode, grad, batch, expected):
+    """The documented auto rule on a wide layer with a 4x4 output map, and the chosen path equals the fold."""
+    m = AWConv2d(256, 256, 3, 1, 1, mode=mode, init="small", reduction=16).double()
+    with torch.no_grad():
+        m.pw2.weight.normal_(0, 0.2)
+        m.pw2.bias.normal_(0, 0.2)
+    x = torch.randn(batch, 256, 4, 4, dtype=torch.float64)
+    with torch.set_grad_enabled(grad):
+        assert m._auto_impl(x) == expected
+        y = m(x)
+        m.impl = "fold"
+        torch.testing.assert_close(y, m(x))
+    assert m._auto_impl(torch.randn(batch, 256, 9, 9)) == "fold"  # 81 output positions: always folded

@@ -19,10 +19,13 @@ CondConv2d); ``"unfold"`` uses unfold + batched matmul (no batch-dependent group
 conv per sample; ``"taps"`` (modes ``"out"``/``"outer"`` with the identity activation) never builds per-sample
 kernels: each tap is a 1x1 convolution with the static kernel on a shifted view of the input, and the
 channel factors act on its input and output (``X (*) (K * a_o b_i) = a_o * ((b_i * X) (*) K)`` per tap).
+``"taps"`` also serves ``"full_g"`` when C_out is divisible by the hidden width: each PW2 group then covers
+whole output channels, so ``X (*) K'_n = X (*) K(1 + b) + sum_t h_n[group, t] * (X_t (*) (K w)_t)``: two
+static convolutions' worth of MACs and no per-sample kernels.
 ``"auto"`` follows the rule measured in benchmarks/results/cpu_modules_aw (CPU, batch 32): ``"taps"`` for mode
-``"outer"`` on output maps of at most 64 positions (3-5x faster than folding at 7x7), ``"unfold"`` for
-inference on such small maps at batch >= 8 when C_in/g * k^2 >= 2304, otherwise ``"fold"`` (fastest on every
-other shape). In inference (no grad) mode ``"full_g"`` caches its two parameter-only factors (two
+``"outer"`` on output maps of at most 64 positions (3-5x faster than folding at 7x7); on such small maps at
+batch >= 8 with C_in/g * k^2 >= 2304, ``"taps"`` for ``"full_g"`` (about 3x a plain conv instead of 10x) and
+``"unfold"`` for the other modes in inference; otherwise ``"fold"`` (fastest on every other shape). In inference (no grad) mode ``"full_g"`` caches its two parameter-only factors (two
 kernel-sized tensors per layer) until a parameter changes.
 """
 from __future__ import annotations
@@ -77,7 +80,7 @@ class AWConv2d(nn.Conv2d):
         attn_act: Activation on A: ``"identity"`` (signed modulation), ``"sigmoid"``, ``"tanh"``.
         residual: ``K * (1 + A)`` when True, ``K * A`` when False.
         init: ``"zero"`` (PW2 zero: identity at init) or ``"small"`` (PW2 weight ~ N(0, 1e-3)).
-        impl: ``"auto"``, ``"fold"``, ``"unfold"`` or ``"loop"``.
+        impl: ``"auto"``, ``"fold"``, ``"unfold"``, ``"loop"`` or ``"taps"`` (see the module docstring).
     """
 
     def __init__(
@@ -118,9 +121,9 @@ class AWConv2d(nn.Conv2d):
             raise ValueError(f"AW init must be 'zero' or 'small', got {init!r}")
         if impl not in AW_IMPLS:
             raise ValueError(f"Unknown AW impl {impl!r}. Valid: {', '.join(AW_IMPLS)}")
-        if impl == "taps" and (_MODE_ALIASES.get(mode, mode) not in ("out", "outer") or attn_act != "identity"):
-            raise ValueError("impl='taps' needs mode 'out' or 'outer' with attn_act='identity' (the modulation must "
-                             "factor into output- and input-channel terms per tap)")
+        if impl == "taps" and (mode not in ("out", "outer", "full_g") or attn_act != "identity"):
+            raise ValueError("impl='taps' needs mode 'out', 'outer' or 'full_g' with attn_act='identity' (the "
+                             "modulation must factor into output- and input-channel terms per tap)")
         dd = {"device": device, "dtype": dtype}
         super().__init__(in_channels, out_channels, ks, st, pad, dil, groups, bias, **dd)
         self.mode = mode
@@ -142,6 +145,10 @@ class AWConv2d(nn.Conv2d):
                              f"({self.hidden_channels}); change reduction/min_hidden or use mode='full'")
         self.pw1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True, **dd)
         self.act = nn.ReLU(inplace=True)
+        if impl == "taps" and mode == "full_g" and out_channels % self.hidden_channels:
+            raise ValueError(f"impl='taps' with mode='full_g' needs out_channels ({out_channels}) divisible by the "
+                             f"hidden width ({self.hidden_channels}), so that each PW2 group covers whole output "
+                             "channels; use impl='fold'")
         self.pw2 = nn.Conv2d(self.hidden_channels, pw2_out, 1, groups=pw2_groups, bias=True, **dd)
         self.reset_attention_parameters()
 
@@ -278,8 +285,11 @@ class AWConv2d(nn.Conv2d):
         if ho * wo <= 64:
             if self.mode == "outer" and self.attn_act == "identity":
                 return "taps"
-            if not torch.is_grad_enabled() and x.shape[0] >= 8 and (self.in_channels // self.groups) * kh * kw >= 2304:
-                return "unfold"  # measured at batch 32; at batch 1 the fold is a plain convolution
+            if x.shape[0] >= 8 and (self.in_channels // self.groups) * kh * kw >= 2304:  # wide layer, real batch
+                if self.mode == "full_g" and self.attn_act == "identity" and self.out_channels % self.hidden_channels == 0:
+                    return "taps"  # 2.9-3.3x a plain conv vs 10-11x folded (7x7, 512 channels, batch 8-32)
+                if not torch.is_grad_enabled():
+                    return "unfold"
         return "fold"
 
     def _conv_fold(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -301,7 +311,9 @@ class AWConv2d(nn.Conv2d):
         return y.reshape(n, self.out_channels, ho, wo)  # (N, C_out, H', W')
 
     def _conv_taps(self, x: torch.Tensor) -> torch.Tensor:
-        """Modes out/outer without per-sample kernels: a 1x1 conv per tap on a shifted view of the input."""
+        """Modes out/outer/full_g without per-sample kernels: a 1x1 conv per tap on a shifted view of the input."""
+        if self.mode == "full_g":
+            return self._conv_taps_full_g(x)
         n = x.shape[0]
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
         z = self._generator(x)  # (N, P, kh, kw)
@@ -327,6 +339,37 @@ class AWConv2d(nn.Conv2d):
                     scale = 1.0 + scale
                 yd = yd * scale
                 y = yd if y is None else y + yd
+        return y
+
+    def _conv_taps_full_g(self, x: torch.Tensor) -> torch.Tensor:
+        """Mode ``full_g`` as static convolutions: ``X (*) K0 + sum_t h_t * (X_t (*) (K w)_t)``.
+
+        With C_out divisible by C_h each PW2 group covers whole output channels, so the per-sample factor
+        ``h`` depends only on (output channel, tap) and moves onto the conv outputs: two static-kernel
+        convolutions' worth of MACs, no N x C_out x C_in x k x k tensor (the win on small late-stage maps).
+        """
+        n, co, ch = x.shape[0], self.out_channels, self.hidden_channels
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        t = kh * kw if self.pool == "kernel" else 1
+        h = self._hidden(x).reshape(n, ch, 1, t)  # (N, C_h, 1, T)
+        hs = h.expand(n, ch, co // ch, t).reshape(n, co, t)  # (N, C_out, T): each output channel's group value
+        k0, kwf = (f.reshape_as(self.weight) for f in self._full_g_factors(t))  # (C_out, C_in/g, kh, kw) each
+        conv = (self.stride, self.padding, self.dilation, self.groups)
+        if t == 1:  # global pooling: one factor per output channel for every tap -> one conv with 2 C_out outputs
+            both = F.conv2d(x, torch.cat([k0, kwf]).reshape(2, self.groups, co // self.groups, *k0.shape[1:])
+                            .transpose(0, 1).reshape(2 * co, *k0.shape[1:]), None, *conv)  # (N, g*2*C_out/g, H', W')
+            ho, wo = both.shape[-2:]
+            both = both.reshape(n, self.groups, 2, co // self.groups, ho, wo)
+            y0, y1 = both[:, :, 0].reshape(n, co, ho, wo), both[:, :, 1].reshape(n, co, ho, wo)
+            return torch.addcmul(y0, y1, hs.reshape(n, co, 1, 1))
+        y = F.conv2d(x, k0, None, *conv)  # (N, C_out, H', W'): the static part K (1 + b)
+        ho, wo = y.shape[-2:]
+        xp = F.pad(x, (pw, pw, ph, ph))  # (N, C_in, H + 2ph, W + 2pw)
+        for i in range(kh):
+            for j in range(kw):
+                xs = xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]  # (N, C_in, H', W')
+                yd = F.conv2d(xs, kwf[:, :, i:i + 1, j:j + 1], None, 1, 0, 1, self.groups)  # (N, C_out, H', W')
+                y = torch.addcmul(y, yd, hs[:, :, i * kw + j, None, None])
         return y
 
     def _conv_loop(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
