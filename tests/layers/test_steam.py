@@ -139,3 +139,77 @@ def test_bad_options():
         STEAM(8, ogp_size="input/32")
     with pytest.raises(ValueError, match="8 channels"):
         STEAM(8)(torch.randn(1, 4, 5, 5))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_gate_matches_autograd_chain(channels_last):
+    """channel_spatial_gate: value and gradients equal to x * cg * sg (gradcheck in float64, both layouts)."""
+    from convattn.layers.steam import channel_spatial_gate
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    cg = torch.rand(2, 5, 1, 1, dtype=torch.float64, requires_grad=True)
+    sg = torch.rand(2, 1, 4, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(channel_spatial_gate(x, cg, sg), x * cg * sg)
+    assert torch.autograd.gradcheck(channel_spatial_gate, (x, cg, sg))
+    with torch.no_grad():
+        torch.testing.assert_close(channel_spatial_gate(x, cg, sg), x * cg * sg)
+
+
+@pytest.mark.parametrize("order", ["channel_first", "parallel"])
+@pytest.mark.parametrize("squeeze", ["mean", "max"])
+def test_forward_equals_unfused_definition(order, squeeze):
+    """The fused forward equals gating by the two sigmoid maps built the literal way (x * cg materialised)."""
+    m = STEAM(12, order=order, spatial_squeeze=squeeze).double()
+    x = torch.randn(3, 12, 9, 10, dtype=torch.float64, requires_grad=True)
+    cg = torch.sigmoid(m.channel_logits(x))[:, :, None, None]
+    src = x * cg if order == "channel_first" else x
+    p = src.mean(1, keepdim=True) if squeeze == "mean" else src.amax(1, keepdim=True)
+    s = m.sia(m._norm(m._ogp(p, (7, 7)).flatten(1)), *_mask_neighbours(m, m._ogp(p, (7, 7))))
+    sg = torch.sigmoid(torch.nn.functional.interpolate(s.reshape(3, 1, 7, 7), size=(9, 10), mode="bilinear",
+                                                       align_corners=False))
+    ref = x * cg * sg
+    y = m(x)
+    torch.testing.assert_close(y, ref)
+    gy = torch.randn_like(y)
+    g1 = torch.autograd.grad((y * gy).sum(), [x, m.cia.w_q, m.sia.w_v])
+    g2 = torch.autograd.grad((ref * gy).sum(), [x, m.cia.w_q, m.sia.w_v])
+    for a, b in zip(g1, g2):
+        torch.testing.assert_close(a, b)
+
+
+def _mask_neighbours(m, grid):
+    """Independent 3x3 masked neighbourhood of a (N, 1, Ho, Wo) grid: values (N, M, 9) and validity (M, 9)."""
+    n, _, ho, wo = grid.shape
+    g = grid[:, 0]
+    vals, valid = [], []
+    for i in range(ho):
+        for j in range(wo):
+            row_v, row_ok = [], []
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    ok = 0 <= i + dy < ho and 0 <= j + dx < wo
+                    row_ok.append(ok)
+                    row_v.append(g[:, i + dy, j + dx] if ok else torch.zeros(n, dtype=g.dtype))
+            vals.append(torch.stack(row_v, -1))
+            valid.append(row_ok)
+    return torch.stack(vals, 1), torch.tensor(valid)
+
+
+def test_inplace_only_in_inference():
+    """inplace=True gates x itself under no_grad (same values), and never touches x when autograd records."""
+    m = STEAM(8, inplace=True)
+    x = torch.randn(2, 8, 6, 6)
+    ref = STEAM(8)
+    ref.load_state_dict(m.state_dict())
+    expected = ref(x)
+    x_grad = x.clone().requires_grad_()
+    y = m(x_grad)
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(x_grad.detach(), x)  # input untouched in training
+    with torch.no_grad():
+        xi = x.clone()
+        yi = m(xi)
+    torch.testing.assert_close(yi, expected)
+    assert yi.data_ptr() == xi.data_ptr()

@@ -32,7 +32,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
     hooks = []
 
     def hook(name: str):
-        def fn(mod: nn.Module, inp, out) -> None:
+        def fn(mod: nn.Module, inp) -> None:  # before forward: in-place modules (STEAM in a block) change inp
             a = mod.attention(inp[0])
             entry: dict[str, torch.Tensor] = {}
             if isinstance(mod, AWConv2d):
@@ -50,7 +50,7 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
 
     for name, m in model.named_modules():
         if isinstance(m, _ATTN_TYPES):
-            hooks.append(m.register_forward_hook(hook(name)))
+            hooks.append(m.register_forward_pre_hook(hook(name)))
     try:
         model.eval()(x)
     finally:

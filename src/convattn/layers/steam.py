@@ -22,7 +22,7 @@ from torch import nn
 from .eca import eca_kernel_size
 from .helpers import adaptive_avg_pool2d, check_input, to_2tuple, upcast
 
-__all__ = ["STEAM", "ScalarGraphAttention"]
+__all__ = ["STEAM", "ScalarGraphAttention", "channel_spatial_gate"]
 
 
 class ScalarGraphAttention(nn.Module):
@@ -102,6 +102,8 @@ class STEAM(nn.Module):
         residual: Add the node's own value to its logit.
         node_norm: Standardise the node values over the nodes before the graph step (parameter-free).
         feature_stride: Stride of the feature map w.r.t. the input image (for ``ogp_size="input/32"``).
+        inplace: In inference (no autograd) multiply the gates into ``x`` itself instead of a new tensor
+            (as ``nn.ReLU(inplace=True)``; for blocks that own their intermediate, e.g. after a norm layer).
     """
 
     def __init__(
@@ -123,6 +125,7 @@ class STEAM(nn.Module):
             residual: bool = True,
             node_norm: bool = False,
             feature_stride: int | None = None,
+            inplace: bool = False,
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
     ) -> None:
@@ -161,6 +164,7 @@ class STEAM(nn.Module):
         self.spatial_border, self.spatial_squeeze = spatial_border, spatial_squeeze
         self.ogp_size, self.ogp_pool, self.upsample = ogp_size, ogp_pool, upsample
         self.node_norm, self.feature_stride = node_norm, feature_stride
+        self.inplace = inplace
         self.spatial_window = spatial_window
         offs = _grid_offsets(spatial_window, spatial_neighbourhood)
         self.grid_offsets = offs
@@ -205,11 +209,21 @@ class STEAM(nn.Module):
             return F.adaptive_max_pool2d(p, size)
         return 0.5 * (F.adaptive_avg_pool2d(p, size) + F.adaptive_max_pool2d(p, size))
 
-    def spatial_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """SIA logits on the OGP grid, (N, 1, Ho, Wo)."""
-        n, _, h, w = x.shape
+    def _squeeze(self, x: torch.Tensor, cg: torch.Tensor | None = None) -> torch.Tensor:
+        """Channel squeeze of ``x * cg`` (or of x), (N, 1, H, W); the gated mean never builds ``x * cg``."""
+        n, c, h, w = x.shape
         xf = upcast(x)
-        p = xf.mean(1, keepdim=True) if self.spatial_squeeze == "mean" else xf.amax(1, keepdim=True)  # (N, 1, H, W)
+        if self.spatial_squeeze == "max":
+            return (xf if cg is None else xf * cg.to(xf.dtype)).amax(1, keepdim=True)
+        if cg is None:
+            return xf.mean(1, keepdim=True)
+        with torch.autocast(x.device.type, enabled=False):  # a mean, kept at the input's (upcast) precision
+            return _channel_weighted_sum(xf, cg.to(xf.dtype) / c)  # sum_c cg_c x_c / C
+
+    def spatial_logits(self, x: torch.Tensor, cg: torch.Tensor | None = None) -> torch.Tensor:
+        """SIA logits on the OGP grid, (N, 1, Ho, Wo), of ``x`` (or of ``x * cg`` with a channel gate)."""
+        n, _, h, w = x.shape
+        p = self._squeeze(x, cg)  # (N, 1, H, W)
         ho, wo = self._grid_size(h, w)
         grid = self._ogp(p, (ho, wo))  # (N, 1, Ho, Wo)
         z = self._norm(grid.flatten(1))  # (N, M), M = Ho*Wo
@@ -234,13 +248,12 @@ class STEAM(nn.Module):
             cg = torch.sigmoid(self.channel_logits(x)).to(x.dtype)[:, :, None, None]  # (N, C, 1, 1)
         sg = None
         if self.sia is not None:
-            src = x * cg if (cg is not None and self.order == "channel_first") else x
-            sg = self._spatial_gate(src)
+            sg = self._spatial_gate(x, cg if self.order == "channel_first" else None)
         return cg, sg
 
-    def _spatial_gate(self, x: torch.Tensor) -> torch.Tensor:
+    def _spatial_gate(self, x: torch.Tensor, cg: torch.Tensor | None = None) -> torch.Tensor:
         h, w = x.shape[-2:]
-        s = self.spatial_logits(x)  # (N, 1, Ho, Wo)
+        s = self.spatial_logits(x, cg)  # (N, 1, Ho, Wo)
         if s.shape[-2:] != (h, w):
             if self.upsample == "bilinear":
                 s = F.interpolate(s, size=(h, w), mode="bilinear", align_corners=False)  # (N, 1, H, W)
@@ -254,12 +267,65 @@ class STEAM(nn.Module):
             cg = torch.sigmoid(self.channel_logits(x)).to(x.dtype)[:, :, None, None]  # (N, C, 1, 1)
             if self.sia is None:
                 return x * cg
-            if self.order == "channel_first":
-                xc = x * cg
-                return xc * self._spatial_gate(xc)
-            return x * cg * self._spatial_gate(x)
+            sg = self._spatial_gate(x, cg if self.order == "channel_first" else None)  # (N, 1, H, W)
+            return channel_spatial_gate(x, cg, sg, inplace=self.inplace)
         return x * self._spatial_gate(x)
 
+
+class _ChannelSpatialGate(torch.autograd.Function):
+    """``x * cg * sg`` with one output allocation and two in backward (autograd's chain needs 2 and 4)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cg: torch.Tensor, sg: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, cg, sg)
+        return x.mul(cg).mul_(sg)  # (N, C, H, W)
+
+    @staticmethod
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, cg, sg = ctx.saved_tensors
+        n, c, h, w = x.shape
+        gx = gy.mul(cg).mul_(sg) if ctx.needs_input_grad[0] else None  # (N, C, H, W)
+        gcg = gsg = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            gyx = gy * x  # (N, C, H, W)
+            if ctx.needs_input_grad[1]:  # sum over positions of gy x sg
+                gcg = _position_weighted_sum(gyx, sg.to(gyx.dtype)).to(cg.dtype)
+            if ctx.needs_input_grad[2]:  # sum over channels of gy x cg
+                gsg = _channel_weighted_sum(gyx, cg.to(gyx.dtype)).to(sg.dtype)
+        return gx, gcg, gsg
+
+
+def _is_nhwc(t: torch.Tensor) -> bool:
+    return not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _channel_weighted_sum(t: torch.Tensor, wc: torch.Tensor) -> torch.Tensor:
+    """``sum_c wc[n, c] t[n, c]``: (N, C, H, W), (N, C, 1, 1) -> (N, 1, H, W), one read of t in either layout."""
+    n, c, h, w = t.shape
+    if _is_nhwc(t):  # (N, HW, C) view @ (N, C, 1)
+        return torch.bmm(t.permute(0, 2, 3, 1).reshape(n, h * w, c), wc.reshape(n, c, 1)).reshape(n, 1, h, w)
+    return torch.bmm(wc.reshape(n, 1, c), t.reshape(n, c, h * w)).reshape(n, 1, h, w)  # (N, 1, C) @ (N, C, HW)
+
+
+def _position_weighted_sum(t: torch.Tensor, ws: torch.Tensor) -> torch.Tensor:
+    """``sum_hw ws[n, hw] t[n, :, hw]``: (N, C, H, W), (N, 1, H, W) -> (N, C, 1, 1), one read of t."""
+    n, c, h, w = t.shape
+    if _is_nhwc(t):  # (N, 1, HW) @ (N, HW, C)
+        return torch.bmm(ws.reshape(n, 1, h * w), t.permute(0, 2, 3, 1).reshape(n, h * w, c)).reshape(n, c, 1, 1)
+    return torch.bmm(t.reshape(n, c, h * w), ws.reshape(n, h * w, 1)).reshape(n, c, 1, 1)  # (N, C, HW) @ (N, HW, 1)
+
+
+def channel_spatial_gate(x: torch.Tensor, cg: torch.Tensor, sg: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """``x * cg * sg`` for a channel gate (N, C, 1, 1) and a spatial gate (N, 1, H, W), in as few passes as
+    eager PyTorch allows: fused autograd in training; otherwise one allocation (none with ``inplace``) and
+    in-place products."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return x * cg * sg
+    if torch.is_grad_enabled() and (x.requires_grad or cg.requires_grad or sg.requires_grad):
+        with torch.autocast(x.device.type, enabled=False):
+            return _ChannelSpatialGate.apply(x, cg, sg)
+    return (x.mul_(cg) if inplace else x.mul(cg)).mul_(sg)
+
     def extra_repr(self) -> str:
-        return (f"order={self.order!r}, branches={self.branches!r}, channel_graph={self.channel_graph!r}, "
+        return (f"order={self.order!r}, branches={self.branches!r}, channel_graph={self.channel_graph!r}, inplace={self.inplace}, "
                 f"ring_radius={self.ring_radius}, ogp_size={self.ogp_size!r}, ogp_pool={self.ogp_pool!r}")

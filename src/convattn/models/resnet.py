@@ -322,8 +322,10 @@ class ResNet(nn.Module):
                     downsample = nn.Sequential(
                         nn.Conv2d(self.inplanes, outplanes, 1, stride, bias=False), norm_layer(outplanes))
             kw = _stage_kwargs(attn_kwargs, s, num_stages) if out_parts else {}
-            if out_parts == ["steam"] and kw.get("ogp_size") == "input/32":
-                kw["feature_stride"] = feature_stride
+            if out_parts == ["steam"]:
+                if kw.get("ogp_size") == "input/32":
+                    kw["feature_stride"] = feature_stride
+                kw.setdefault("inplace", True)  # the block's bn output is a temporary: gate it in place in inference
             gct = gct_factory(s)
             blocks = []
             for b in range(n):
