@@ -2,6 +2,8 @@
 import csv
 import os
 
+import pytest
+
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
 
@@ -42,3 +44,16 @@ def test_compare_refuses_other_recipe_in_same_folder(tmp_path, capsys):
                "--epochs", "1", "--batch-size", "32", "--quiet"])
     assert rc == 2 and "another recipe" in capsys.readouterr().err
     assert main(["compare", "--variants", "eca,foo", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_report_only_reports_finished_runs_and_trains_nothing(tmp_path):
+    small = dict(progress=False, latency_repeats=2, latency_batch=4, train=dict(train_size=64, epochs=1, batch_size=32))
+    with pytest.raises(FileNotFoundError, match="study.json"):
+        run_compare(CompareConfig(variants=["eca"], seeds=[0], out=str(tmp_path), report_only=True, **small))
+    run_compare(CompareConfig(variants=["eca"], seeds=[0], out=str(tmp_path), **small))
+    (tmp_path / "runs/eca/seed0/final.json").unlink()  # as if the study was stopped during this run
+    rows = run_compare(CompareConfig(variants=["eca"], seeds=[0, 1], out=str(tmp_path), report_only=True, **small))
+    assert [(r["variant"], r["seeds_done"]) for r in rows] == [("none", 1), ("eca", 0)]
+    assert rows[1]["verdict"] == "not run yet" and rows[1]["added_params"] == 27
+    assert not (tmp_path / "runs/none/seed1").exists() and not (tmp_path / "runs/eca/seed0/final.json").exists()
+    assert "Partial study: 1 of 4 runs finished" in (tmp_path / "report.md").read_text()

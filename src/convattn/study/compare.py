@@ -48,6 +48,7 @@ class CompareConfig:
     latency_batch: int = 64
     latency_repeats: int = 10
     progress: bool = True
+    report_only: bool = False  # train nothing; report the finished runs (a partial study says so)
 
 
 def _slug(variant: str) -> str:
@@ -121,7 +122,7 @@ def _plots(out: Path, rows: list[dict[str, Any]], curves: dict[str, list[list[fl
         save(fig, name)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for v, runs in curves.items():
-        n = min(len(r) for r in runs)
+        n = min((len(r) for r in runs), default=0)
         if n:
             ax.plot(range(1, n + 1), np.mean([r[:n] for r in runs], 0), "o-", label=v)
     ax.set_xlabel("epoch")
@@ -159,6 +160,10 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
     recipe = {k: v for k, v in asdict(base).items() if k not in ("variant", "seed", "out", "progress", "threads")}
     study = dict(model=cfg.model, variants=variants, seeds=list(cfg.seeds), recipe=recipe,
                  command=command or "convattn " + shlex.join(sys.argv[1:]), environment=environment())
+    if cfg.report_only:
+        if not (out / "study.json").exists():
+            raise FileNotFoundError(f"--report-only: no study in {out} (study.json missing); run compare without it first")
+        study["command"] = json.loads((out / "study.json").read_text()).get("command", study["command"])
     out.mkdir(parents=True, exist_ok=True)
     _check_study(out, study)
     t_start = time.perf_counter()
@@ -170,6 +175,8 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
             final_path = Path(rc.out) / "final.json"
             if final_path.exists():
                 final = json.loads(final_path.read_text())
+            elif cfg.report_only:
+                continue
             else:
                 final = train(rc)
             results[v].append(final)
@@ -183,9 +190,18 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
         atomic_write_text(prof_path, json.dumps(prof, indent=2))
     prof_by = {r["variant"]: r for r in prof}
     base_acc = [r["val_top1"] for r in results["none"]]
+    if not base_acc:
+        raise RuntimeError(f"no finished baseline run in {out} yet: nothing to compare against")
+    n_done, n_all = sum(len(r) for r in results.values()), len(variants) * len(cfg.seeds)
     rows = []
     for v in variants:
         accs = [r["val_top1"] for r in results[v]]
+        if not accs:
+            p = prof_by[v]
+            rows.append(dict(variant=v, seeds_done=0, verdict="not run yet", params=p["params"],
+                             added_params=p["params"] - prof_by["none"]["params"], gmacs=p["gmacs"],
+                             gmacs_hook=p["gmacs_hook"], latency_ratio=p["latency_ratio"]))
+            continue
         d, se = _welch(accs, base_acc)
         if v == "none":
             verdict = "baseline"
@@ -209,7 +225,9 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
     _plots(out, rows, curves)
     wall = time.perf_counter() - t_start
     r0 = results["none"][0]
-    md = [f"# convattn compare: {cfg.model} on {base.data}", "",
+    partial = ([f"**Partial study: {n_done} of {n_all} runs finished.** Rerun the command to continue; finished "
+                "runs are kept and unfinished ones resume from their last epoch.", ""] if n_done < n_all else [])
+    md = [f"# convattn compare: {cfg.model} on {base.data}", "", *partial,
           f"Command: `{study['command']}`", "",
           f"Recipe (one for every arm): preset `{base.preset}`, {base.epochs} epochs, batch {base.batch_size}, SGD lr "
           f"{base.lr} momentum {base.momentum} (nesterov {base.nesterov}), weight decay {base.weight_decay} "

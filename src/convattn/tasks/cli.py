@@ -114,8 +114,9 @@ def _run_compare(args: argparse.Namespace) -> int:
     seeds = args.seeds if len(args.seeds) > 1 else list(range(args.seeds[0]))
     cfg = CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
                         data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
-                        latency_batch=args.latency_batch, progress=not args.quiet)
-    run_compare(cfg, "convattn " + shlex.join(sys.argv[1:]))
+                        latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only)
+    argv = [a for a in sys.argv[1:] if a != "--report-only"]  # the study's command is the one that trains
+    run_compare(cfg, "convattn " + shlex.join(argv))
     return 0
 
 
@@ -239,6 +240,8 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     _data_args(p)
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--latency-batch", type=int, default=64)
+    p.add_argument("--report-only", action="store_true",
+                   help="train nothing: write the report from the runs finished so far (marked partial)")
     p.add_argument("--task", choices=["classification", "detection"], default="classification")
     p.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
     p.add_argument("--backbone", default="resnet18", help="--task detection: backbone ResNet")
