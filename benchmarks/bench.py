@@ -6,7 +6,7 @@ both sides alike. Forward ("fwd") runs under inference_mode; "fwd+bwd" runs forw
 and clears gradients. Outputs are checked to match before timing (modules vs timm: equal weights).
 
     python benchmarks/bench.py --suite modules,models,aw --threads 2 --out benchmarks/results/cpu
-    python benchmarks/bench.py --suite models --device cuda --amp bf16 --channels-last --out benchmarks/results/cuda
+    python benchmarks/bench.py --suite models --device cuda --amp bfloat16 --channels-last --out benchmarks/results/cuda
 
 Peak memory is reported on CUDA only (torch.cuda.max_memory_allocated); CPU runs leave it empty.
 """
@@ -154,7 +154,7 @@ def suite_models(args, dev):
 
 AW_SHAPES = [  # (N, C_in, C_out, H, W, stride): ResNet-50 3x3 convs at batch 32, CIFAR ResNet-56 at batch 128
     (32, 64, 64, 56, 56, 1), (32, 128, 128, 28, 28, 1), (32, 256, 256, 14, 14, 1), (32, 512, 512, 7, 7, 1),
-    (32, 128, 128, 56, 56, 2), (128, 16, 16, 32, 32, 1), (128, 64, 64, 8, 8, 1),
+    (32, 128, 128, 56, 56, 2), (32, 512, 512, 14, 14, 2), (128, 16, 16, 32, 32, 1), (128, 64, 64, 8, 8, 1),
 ]
 
 
@@ -163,7 +163,7 @@ def suite_aw(args, dev):
     for n, cin, cout, h, w, s in AW_SHAPES:
         for mode in args.aw_modes:
             plain = nn.Conv2d(cin, cout, 3, s, 1, bias=False)
-            impls = ["fold", "unfold", "loop"] + (["taps"] if mode in ("out", "outer") else [])
+            impls = [i for i in args.aw_impls if i != "taps" or mode != "full"]  # taps: full_g/out/outer
             mods = []
             for impl in impls:
                 m = AWConv2d.from_conv(plain, mode=mode, impl=impl, init="small")
@@ -184,6 +184,9 @@ def suite_aw(args, dev):
                     return t.to(memory_format=torch.channels_last) if args.channels_last else t
                 ts, peaks = time_fns(fns, mk, dev, args.warmup, args.repeats, backward, args.amp)
                 for impl, t, pk in zip(impls, ts[1:], peaks[1:]):
+                    if impl == "auto":  # name the strategy the rule picked for this shape and pass
+                        with torch.set_grad_enabled(backward):
+                            impl = "auto=" + mods[impls.index("auto")]._auto_impl(torch.empty(n, cin, h, w))
                     rows.append(dict(suite="aw", item=f"{mode}/{impl}", shape=f"{n}x{cin}->{cout}x{h}x{w}/s{s}",
                                      mode="fwd+bwd" if backward else "fwd", baseline="nn.Conv2d", baseline_ms=ts[0],
                                      ms=t, ratio=t / ts[0], peak_mib=pk, baseline_peak_mib=peaks[0]))
@@ -196,6 +199,8 @@ def main() -> None:
     ap.add_argument("--suite", default="modules,models,aw")
     ap.add_argument("--models", default="resnet56,resnet18,resnet50")
     ap.add_argument("--aw-modes", default="full,full_g,out,outer")
+    ap.add_argument("--aw-impls", default="fold,unfold,loop,taps,auto",
+                    help="AWConv2d strategies to time (taps is skipped for mode full; auto names its pick)")
     ap.add_argument("--variants", default=None, help="override the variants of the models suite")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
@@ -210,6 +215,7 @@ def main() -> None:
     args = ap.parse_args()
     args.models = [m for m in args.models.split(",") if m]
     args.aw_modes = [m for m in args.aw_modes.split(",") if m]
+    args.aw_impls = [m for m in args.aw_impls.split(",") if m]
     args.variants = [v for v in args.variants.split(",") if v] if args.variants else None
     if args.threads:
         torch.set_num_threads(args.threads)
