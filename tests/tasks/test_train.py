@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from convattn.cli import main
 from convattn.models import create_model
 from convattn.tasks.checkpoint import CheckpointError
-from convattn.tasks.classification import TrainConfig, _param_groups, evaluate_run, train
+from convattn.tasks.classification import TrainConfig, _param_groups, evaluate_run, recalibrate_bn, train
 
 TINY = dict(model="resnet20", train_size=256, batch_size=64, epochs=2, warmup_epochs=0.5, progress=False, threads=2)
 
@@ -57,6 +57,10 @@ def test_eval_matches_training_and_checks_variant(tmp_path):
     final = train(TrainConfig(variant="cbam", out=str(tmp_path), **{**TINY, "epochs": 1}))
     res = evaluate_run(tmp_path, device="cpu")
     assert res["top1"] == pytest.approx(final["val_top1"]) and res["loss"] == pytest.approx(final["val_loss"])
+    pbn = evaluate_run(tmp_path, device="cpu", recalibrate_bn_batches=2)  # precise BN: a separate result file
+    assert pbn["bn_recalibrated_batches"] == 2 and (tmp_path / "eval_precise_bn.json").exists()
+    assert json.loads((tmp_path / "eval.json").read_text())["top1"] == res["top1"]
+    assert evaluate_run(tmp_path, device="cpu")["top1"] == res["top1"]  # weights on disk untouched
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["variant"] = "se"
     (tmp_path / "config.json").write_text(json.dumps(cfg))
@@ -130,3 +134,19 @@ def test_bf16_autocast_channels_last_training(tmp_path):
     assert 0 <= final["val_top1"] <= 100
     res = evaluate_run(tmp_path, device="cpu")
     assert res["top1"] == pytest.approx(final["val_top1"])
+
+
+def test_recalibrate_bn_is_the_plain_average_of_batch_statistics():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.BatchNorm2d(3, momentum=0.01))
+    batches = [(torch.randn(4, 2, 6, 6) + i, None) for i in range(3)]
+    w = net[0].weight.clone()
+    used = recalibrate_bn(net.eval(), iter(batches + batches), 3, torch.device("cpu"))
+    with torch.no_grad():
+        feats = [net[0](x) for x, _ in batches]
+    mean = torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var((0, 2, 3), unbiased=True) for f in feats]).mean(0)
+    assert used == 3 and torch.equal(net[0].weight, w)
+    torch.testing.assert_close(net[1].running_mean, mean)
+    torch.testing.assert_close(net[1].running_var, var)
+    assert net[1].momentum == 0.01 and not net[1].training

@@ -370,10 +370,50 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     return cfg, info, model.eval()
 
 
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, batches_iter: Any, batches: int, device: torch.device, amp: str = "none",
+                   channels_last: bool = False) -> int:
+    """Re-estimate every BatchNorm's running statistics as a plain average over ``batches`` training batches
+    ("precise BN"): a check on whether running averages that lag behind the weights (e.g. CBAM's official
+    momentum 0.01) hurt evaluation. Weights are untouched; returns the number of batches used."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns:
+        return 0
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.eval()
+    for m in bns:
+        m.train()
+    used = 0
+    try:
+        for x, _ in batches_iter:
+            if used >= batches:
+                break
+            x = x.to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp):
+                model(x)
+            used += 1
+    finally:
+        for m, (mom, tr) in zip(bns, saved):
+            m.momentum = mom
+            m.train(tr)
+    if used == 0:
+        raise ValueError("recalibrate_bn: no training batches")
+    return used
+
+
 def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: str | None = None,
                  checkpoint: str | None = None, use_ema: bool = False, batch_size: int | None = None,
-                 device: str = "auto") -> dict[str, Any]:
-    """Evaluate a trained run (its config.json and latest checkpoint, or an explicit checkpoint folder/file)."""
+                 device: str = "auto", recalibrate_bn_batches: int = 0) -> dict[str, Any]:
+    """Evaluate a trained run (its config.json and latest checkpoint, or an explicit checkpoint folder/file).
+
+    ``recalibrate_bn_batches`` > 0 first re-estimates the BatchNorm statistics on that many training batches
+    (see ``recalibrate_bn``) and writes ``eval_precise_bn.json`` instead of ``eval.json``.
+    """
     run_dir = Path(run_dir)
     cfg, _, model = load_run(run_dir, checkpoint, use_ema)
     if data:
@@ -386,8 +426,11 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     model = model.to(info.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    used = 0
+    if recalibrate_bn_batches > 0:
+        used = recalibrate_bn(model, bundle.train.epoch(0), recalibrate_bn_batches, info.device, cfg.amp, cfg.channels_last)
     res = evaluate(model, bundle.val, info.device, cfg.amp, cfg.channels_last)  # as the run evaluated itself
     res.update(run=str(run_dir), checkpoint=str(checkpoint or latest_checkpoint(run_dir / "checkpoints")),
-               data=bundle.name, ema=use_ema)
-    atomic_write_text(run_dir / "eval.json", json.dumps(res, indent=2))
+               data=bundle.name, ema=use_ema, bn_recalibrated_batches=used)
+    atomic_write_text(run_dir / ("eval_precise_bn.json" if used else "eval.json"), json.dumps(res, indent=2))
     return res

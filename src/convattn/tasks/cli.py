@@ -89,7 +89,8 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from .classification import evaluate_run
-    res = evaluate_run(args.run, args.data, args.data_dir, args.checkpoint, args.ema, args.batch_size, args.device)
+    res = evaluate_run(args.run, args.data, args.data_dir, args.checkpoint, args.ema, args.batch_size, args.device,
+                       args.recalibrate_bn)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -213,6 +214,9 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     _data_args(p, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's evaluation batch size")
     p.add_argument("--device", default="auto")
+    p.add_argument("--recalibrate-bn", type=int, default=0, metavar="BATCHES",
+                   help="first re-estimate BatchNorm statistics on this many training batches (precise BN; weights "
+                        "unchanged; writes eval_precise_bn.json)")
     p.set_defaults(func=_run_eval)
 
     p = sub.add_parser("detect", help="detection / instance segmentation: train, eval, predict")
