@@ -315,7 +315,7 @@ class AWConv2d(nn.Conv2d):
         if self.mode == "full_g":
             return self._conv_taps_full_g(x)
         n = x.shape[0]
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         z = self._generator(x)  # (N, P, kh, kw)
         if self.mode == "out":
             s_out, s_in = z.reshape(n, self.out_channels, kh, kw), None  # (N, C_out, kh, kw)
@@ -330,7 +330,7 @@ class AWConv2d(nn.Conv2d):
             if (self.residual and s_in is not None) else None
         for i in range(kh):
             for j in range(kw):
-                xs = xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]  # (N, C_in, H', W')
+                xs = self._tap_view(xp, i, j, ho, wo)  # (N, C_in, H', W')
                 if s_in is not None:
                     xs = xs * s_in[:, :, i, j, None, None]
                 yd = F.conv2d(xs, self.weight[:, :, i:i + 1, j:j + 1], None, 1, 0, 1, self.groups)  # (N, C_out, H', W')
@@ -341,6 +341,11 @@ class AWConv2d(nn.Conv2d):
                 y = yd if y is None else y + yd
         return y
 
+    def _tap_view(self, xp: torch.Tensor, i: int, j: int, ho: int, wo: int) -> torch.Tensor:
+        """The input positions that kernel tap (i, j) meets, from the zero-padded input: (N, C_in, H', W')."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
+
     def _conv_taps_full_g(self, x: torch.Tensor) -> torch.Tensor:
         """Mode ``full_g`` as static convolutions: ``X (*) K0 + sum_t h_t * (X_t (*) (K w)_t)``.
 
@@ -349,7 +354,7 @@ class AWConv2d(nn.Conv2d):
         convolutions' worth of MACs, no N x C_out x C_in x k x k tensor (the win on small late-stage maps).
         """
         n, co, ch = x.shape[0], self.out_channels, self.hidden_channels
-        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
         t = kh * kw if self.pool == "kernel" else 1
         h = self._hidden(x).reshape(n, ch, 1, t)  # (N, C_h, 1, T)
         hs = h.expand(n, ch, co // ch, t).reshape(n, co, t)  # (N, C_out, T): each output channel's group value
@@ -367,7 +372,7 @@ class AWConv2d(nn.Conv2d):
         xp = F.pad(x, (pw, pw, ph, ph))  # (N, C_in, H + 2ph, W + 2pw)
         for i in range(kh):
             for j in range(kw):
-                xs = xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]  # (N, C_in, H', W')
+                xs = self._tap_view(xp, i, j, ho, wo)  # (N, C_in, H', W')
                 yd = F.conv2d(xs, kwf[:, :, i:i + 1, j:j + 1], None, 1, 0, 1, self.groups)  # (N, C_out, H', W')
                 y = torch.addcmul(y, yd, hs[:, :, i * kw + j, None, None])
         return y
