@@ -200,6 +200,7 @@ def _mask_neighbours(m, grid):
 def test_inplace_only_in_inference():
     """inplace=True gates x itself under no_grad (same values), and never touches x when autograd records."""
     m = STEAM(8, inplace=True)
+    assert "inplace=True" in repr(m) and "ogp_size=(7, 7)" in repr(m)
     x = torch.randn(2, 8, 6, 6)
     ref = STEAM(8)
     ref.load_state_dict(m.state_dict())

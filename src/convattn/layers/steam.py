@@ -271,6 +271,11 @@ class STEAM(nn.Module):
             return channel_spatial_gate(x, cg, sg, inplace=self.inplace)
         return x * self._spatial_gate(x)
 
+    def extra_repr(self) -> str:
+        return (f"order={self.order!r}, branches={self.branches!r}, channel_graph={self.channel_graph!r}, "
+                f"ring_radius={self.ring_radius}, ogp_size={self.ogp_size!r}, ogp_pool={self.ogp_pool!r}, "
+                f"inplace={self.inplace}")
+
 
 class _ChannelSpatialGate(torch.autograd.Function):
     """``x * cg * sg`` with one output allocation and two in backward (autograd's chain needs 2 and 4)."""
@@ -325,7 +330,3 @@ def channel_spatial_gate(x: torch.Tensor, cg: torch.Tensor, sg: torch.Tensor, in
         with torch.autocast(x.device.type, enabled=False):
             return _ChannelSpatialGate.apply(x, cg, sg)
     return (x.mul_(cg) if inplace else x.mul(cg)).mul_(sg)
-
-    def extra_repr(self) -> str:
-        return (f"order={self.order!r}, branches={self.branches!r}, channel_graph={self.channel_graph!r}, inplace={self.inplace}, "
-                f"ring_radius={self.ring_radius}, ogp_size={self.ogp_size!r}, ogp_pool={self.ogp_pool!r}")
