@@ -145,7 +145,7 @@ class AWConv2d(nn.Conv2d):
                              f"({self.hidden_channels}); change reduction/min_hidden or use mode='full'")
         self.pw1 = nn.Conv2d(in_channels, self.hidden_channels, 1, bias=True, **dd)
         self.act = nn.ReLU(inplace=True)
-        if impl == "taps" and mode == "full_g" and out_channels % self.hidden_channels:
+        if impl == "taps" and mode == "full_g" and not self._full_g_taps_ok:
             raise ValueError(f"impl='taps' with mode='full_g' needs out_channels ({out_channels}) divisible by the "
                              f"hidden width ({self.hidden_channels}), so that each PW2 group covers whole output "
                              "channels; use impl='fold'")
@@ -286,7 +286,7 @@ class AWConv2d(nn.Conv2d):
             if self.mode == "outer" and self.attn_act == "identity":
                 return "taps"
             if x.shape[0] >= 8 and (self.in_channels // self.groups) * kh * kw >= 2304:  # wide layer, real batch
-                if self.mode == "full_g" and self.attn_act == "identity" and self.out_channels % self.hidden_channels == 0:
+                if self.mode == "full_g" and self.attn_act == "identity" and self._full_g_taps_ok:
                     return "taps"  # 2.9-3.3x a plain conv vs 10-11x folded (7x7, 512 channels, batch 8-32)
                 if not torch.is_grad_enabled():
                     return "unfold"
@@ -345,6 +345,11 @@ class AWConv2d(nn.Conv2d):
         """The input positions that kernel tap (i, j) meets, from the zero-padded input: (N, C_in, H', W')."""
         (sh, sw), (dh, dw) = self.stride, self.dilation
         return xp[:, :, i * dh:i * dh + (ho - 1) * sh + 1:sh, j * dw:j * dw + (wo - 1) * sw + 1:sw]
+
+    @property
+    def _full_g_taps_ok(self) -> bool:
+        """Each grouped-PW2 group covers whole output channels (C_out divisible by the hidden width)."""
+        return self.out_channels % self.hidden_channels == 0
 
     def _conv_taps_full_g(self, x: torch.Tensor) -> torch.Tensor:
         """Mode ``full_g`` as static convolutions: ``X (*) K0 + sum_t h_t * (X_t (*) (K w)_t)``.
