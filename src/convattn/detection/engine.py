@@ -16,7 +16,7 @@ from torch import nn
 from ..report import atomic_write_text, to_markdown, write_csv
 from ..tasks.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from ..tasks.common import Progress, autocast, seed_all
-from ..tasks.distributed import DistInfo, barrier, cleanup, init_distributed
+from ..tasks.distributed import DistInfo, barrier, distributed_session
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
 from .models import create_detector
 
@@ -144,11 +144,8 @@ def _loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, info: Dis
 def train_detector(cfg: DetectConfig) -> dict[str, Any]:
     """Train (or resume) a detector; evaluates with pycocotools after the last epoch. Returns the summary."""
     cfg = resolve(cfg)
-    info = init_distributed(cfg.device)
-    try:
+    with distributed_session(cfg.device) as info:
         return _train(cfg, info)
-    finally:
-        cleanup(info)
 
 
 def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:

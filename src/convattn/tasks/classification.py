@@ -22,7 +22,7 @@ from ..models import create_model, parse_variant
 from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .common import Progress, autocast, check_finite, seed_all
-from .distributed import DistInfo, all_reduce_sum, barrier, cleanup, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
 
@@ -204,11 +204,8 @@ def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: i
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) one run; returns the final summary (also written to ``<out>/final.json``)."""
     cfg = resolve_config(cfg)
-    info = init_distributed(cfg.device)
-    try:
+    with distributed_session(cfg.device) as info:
         return _train(cfg, info)
-    finally:
-        cleanup(info)
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup", "distributed_session"]
 
 
 @dataclass
@@ -56,3 +58,13 @@ def barrier(info: DistInfo) -> None:
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def distributed_session(device: str = "auto") -> Iterator[DistInfo]:
+    """``init_distributed`` for the duration of a ``with`` block; the process group is torn down after it."""
+    info = init_distributed(device)
+    try:
+        yield info
+    finally:
+        cleanup(info)
