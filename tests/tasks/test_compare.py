@@ -6,6 +6,7 @@ import pytest
 
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
+from convattn.study.compare import paired_deltas
 
 
 def _cfg(out, **kw):
@@ -24,6 +25,7 @@ def test_compare_report_and_resume(tmp_path):
         assert (tmp_path / f).exists(), f
     md = (tmp_path / "report.md").read_text()
     assert "| steam |" in md and "mean" in md and "reconstructions" in md
+    assert "## Per seed" in md and "paired Δ" in md and "of 2 seeds" in md
     res = list(csv.DictReader(open(tmp_path / "results.csv")))
     assert res[1]["verdict"] in ("within spread", "exceeds spread (better)", "exceeds spread (worse)")
     # a killed study: one run lost its final.json (died after its last checkpoint); others are not retrained
@@ -57,3 +59,16 @@ def test_report_only_reports_finished_runs_and_trains_nothing(tmp_path):
     assert rows[1]["verdict"] == "not run yet" and rows[1]["added_params"] == 27
     assert not (tmp_path / "runs/none/seed1").exists() and not (tmp_path / "runs/eca/seed0/final.json").exists()
     assert "Partial study: 1 of 4 runs finished" in (tmp_path / "report.md").read_text()
+
+
+def test_paired_deltas_match_hand_computation():
+    base = [dict(seed=0, val_top1=90.0), dict(seed=1, val_top1=91.0), dict(seed=2, val_top1=89.0)]
+    arm = [dict(seed=2, val_top1=89.5), dict(seed=0, val_top1=91.0), dict(seed=1, val_top1=90.5)]
+    p = paired_deltas(arm, base)
+    assert p["per_seed"] == {2: 0.5, 0: 1.0, 1: -0.5}
+    # Δ = (1.0, -0.5, 0.5): mean 1/3, sample std sqrt(((2/3)² + (5/6)² + (1/6)²) / 2) = sqrt(7/12), SE = that / √3
+    assert p["mean"] == pytest.approx(1 / 3) and p["se"] == pytest.approx((7 / 12) ** 0.5 / 3 ** 0.5)
+    assert p["better"] == 2
+    # a seed the baseline has not finished is left out; one pair has no SE
+    one = paired_deltas([dict(seed=0, val_top1=90.25), dict(seed=5, val_top1=99.0)], base)
+    assert one["per_seed"] == {0: 0.25} and one["se"] != one["se"] and one["better"] == 1

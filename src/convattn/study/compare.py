@@ -82,6 +82,44 @@ def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return d, math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
 
 
+def paired_deltas(runs: list[dict[str, Any]], base_runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-seed differences to the baseline run of the same seed (same data subset, order and augmentation).
+
+    Returns ``{"per_seed": {seed: Δ}, "mean": mean Δ, "se": std(Δ)/sqrt(n) (NaN below 2 pairs), "better": k}``;
+    seeds missing from either arm are left out.
+    """
+    base = {r["seed"]: r["val_top1"] for r in base_runs}
+    per_seed = {r["seed"]: r["val_top1"] - base[r["seed"]] for r in runs if r["seed"] in base}
+    d = np.array(list(per_seed.values()), dtype=float)
+    return dict(per_seed=per_seed, mean=float(d.mean()) if d.size else float("nan"),
+                se=float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan"),
+                better=int((d > 0).sum()))
+
+
+def _per_seed_table(variants: list[str], seeds: Sequence[int], results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: top-1 per seed with its difference to the same seed's baseline, and the paired mean Δ."""
+    head = ["variant"] + [f"seed {s}" for s in seeds] + ["paired Δ (mean ± SE)", "better than none"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for v in variants:
+        by_seed = {r["seed"]: r["val_top1"] for r in results[v]}
+        p = paired_deltas(results[v], results["none"])
+        cells = [v]
+        for s in seeds:
+            if s not in by_seed:
+                cells.append("")
+            elif v == "none" or s not in p["per_seed"]:
+                cells.append(f"{by_seed[s]:.2f}")
+            else:
+                cells.append(f"{by_seed[s]:.2f} ({p['per_seed'][s]:+.2f})")
+        if v == "none" or not p["per_seed"]:
+            cells += ["", ""]
+        else:
+            se = "n/a" if p["se"] != p["se"] else f"{p['se']:.2f}"
+            cells += [f"{p['mean']:+.2f} ± {se}", f"{p['better']} of {len(p['per_seed'])} seeds"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]) -> list[dict[str, Any]]:
     data = build_data(base.data, base.data_dir, base.batch_size, seed=0, train_size=base.train_size, workers=0)
     models = [build_model(replace(base, variant=v), data).eval() for v in variants]
@@ -143,7 +181,7 @@ REPORT_COLUMNS = ["variant", "seeds_done", "top1_mean", "top1_std", "delta", "de
 REPORT_HEADERS = {"seeds_done": "seeds", "top1_mean": "top-1 % (mean)", "top1_std": "± std", "delta": "Δ vs none",
                   "delta_se": "SE(Δ)", "verdict": "Δ vs seed spread", "added_params": "added params",
                   "gmacs": "GMACs (dispatch)", "gmacs_hook": "GMACs (hooks)", "latency_ratio": "latency / none",
-                  "train_time_s": "train s/run", "train_img_s": "train img/s"}
+                  "train_time_s": "train s/run (median)", "train_img_s": "train img/s (median)"}
 
 
 def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str, Any]]:
@@ -215,8 +253,8 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
                          delta=None if v == "none" else d, delta_se=None if v == "none" else se, verdict=verdict,
                          params=p["params"], added_params=p["params"] - prof_by["none"]["params"], gmacs=p["gmacs"],
                          gmacs_hook=p["gmacs_hook"], latency_ratio=p["latency_ratio"],
-                         train_time_s=float(np.mean([r["train_time_s"] for r in results[v]])),
-                         train_img_s=float(np.mean([r["images_per_s"] for r in results[v]])),
+                         train_time_s=float(np.median([r["train_time_s"] for r in results[v]])),
+                         train_img_s=float(np.median([r["images_per_s"] for r in results[v]])),
                          top1_per_seed=" ".join(f"{a:.2f}" for a in accs)))
     all_runs = [dict(variant=v, **{k: r[k] for k in ("seed", "val_top1", "val_top5", "val_loss", "train_time_s",
                                                      "images_per_s")}) for v in variants for r in results[v]]
@@ -236,15 +274,22 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           f"images; seeds {list(cfg.seeds)}.", "",
           "Environment: " + ", ".join(f"{k} {v}" for k, v in study["environment"].items()), "",
           to_markdown(rows, REPORT_COLUMNS, REPORT_HEADERS), "",
-          "* top-1: validation accuracy after the last epoch, mean and sample std over seeds; per seed in results.csv.",
+          "* top-1: validation accuracy after the last epoch, mean and sample std over seeds; per seed below and in "
+          "results.csv.",
           "* Δ vs none: difference of means; SE(Δ) = sqrt(s²/n + s₀²/n₀) (Welch). \"exceeds spread\" means |Δ| > 2·SE(Δ); "
           "with few seeds this is a rough screen, not a significance test.",
           "* GMACs: 10^9 multiply-accumulates for one image; *dispatch*: torch.utils.flop_counter (sees functional "
           "convs); *hooks*: nn.Conv/nn.Linear hooks as thop/ptflops. Latency: CPU forward at batch "
-          f"{cfg.latency_batch}, median of interleaved runs, ratio to the plain model timed in the same run.",
+          f"{cfg.latency_batch}, median of interleaved runs, ratio to the plain model timed in the same run. Training "
+          "time and throughput: median over seeds (robust to one run slowed by other work on the machine).",
           "* AW-convolution and STEAM are reconstructions (no public code): numbers here are ours, not the papers'. "
           f"AW mode: {base.conv_kwargs.get('mode', 'full (CIFAR-ResNet default)')}; STEAM: d=8, 4 heads, "
           "placement per convattn defaults.", "",
+          "## Per seed", "",
+          "A seed fixes the data order and augmentation for every arm, so each arm can also be compared with the "
+          "baseline run of the same seed: Δ in brackets, then the mean of those paired differences with its "
+          "standard error std(Δ)/√n.", "",
+          _per_seed_table(variants, list(cfg.seeds), results), "",
           f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",
           "Plots: acc_vs_macs.png, acc_vs_latency.png, curves.png."]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
