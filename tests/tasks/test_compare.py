@@ -21,6 +21,7 @@ def test_compare_report_and_resume(tmp_path):
     assert all(r["seeds_done"] == 2 for r in rows)
     assert rows[0]["latency_ratio"] == 1.0 and rows[1]["added_params"] == 256 and rows[2]["added_params"] == 151_048
     for f in ("report.md", "results.csv", "runs.csv", "acc_vs_macs.png", "acc_vs_latency.png", "curves.png",
+              "delta_vs_none.png",
               "study.json", "profile.json"):
         assert (tmp_path / f).exists(), f
     md = (tmp_path / "report.md").read_text()

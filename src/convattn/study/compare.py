@@ -137,7 +137,23 @@ def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]
     return rows
 
 
-def _plots(out: Path, rows: list[dict[str, Any]], curves: dict[str, list[list[float]]]) -> None:
+def _delta_plot(plt, out: Path, results: dict[str, list[dict[str, Any]]]) -> None:
+    """``delta_vs_none.png``: each arm's per-seed difference to the same seed's baseline, with mean ± SE."""
+    arms = [v for v in results if v != "none" and paired_deltas(results[v], results["none"])["per_seed"]]
+    fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.42 * max(len(arms), 1)))
+    for i, v in enumerate(arms):
+        p = paired_deltas(results[v], results["none"])
+        ax.plot(list(p["per_seed"].values()), [i] * len(p["per_seed"]), "o", color="0.6", ms=4)
+        ax.errorbar(p["mean"], i, xerr=p["se"] if p["se"] == p["se"] else None, fmt="D", color="C0", capsize=3)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(arms)), arms)
+    ax.invert_yaxis()
+    ax.set_xlabel("val top-1 − baseline of the same seed (points); grey: seeds, blue: mean ± SE")
+    save_figure(fig, out / "delta_vs_none.png")
+
+
+def _plots(out: Path, rows: list[dict[str, Any]], curves: dict[str, list[list[float]]],
+           results: dict[str, list[dict[str, Any]]]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -158,6 +174,7 @@ def _plots(out: Path, rows: list[dict[str, Any]], curves: dict[str, list[list[fl
         ax.set_xlabel(label)
         ax.set_ylabel("val top-1 (%), mean ± std over seeds")
         save(fig, name)
+    _delta_plot(plt, out, results)
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for v, runs in curves.items():
         n = min((len(r) for r in runs), default=0)
@@ -260,7 +277,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
                                                      "images_per_s")}) for v in variants for r in results[v]]
     write_csv(out / "results.csv", rows, REPORT_COLUMNS + ["top1_per_seed"])
     write_csv(out / "runs.csv", all_runs)
-    _plots(out, rows, curves)
+    _plots(out, rows, curves, results)
     wall = time.perf_counter() - t_start
     r0 = results["none"][0]
     partial = ([f"**Partial study: {n_done} of {n_all} runs finished.** Rerun the command to continue; finished "
@@ -291,7 +308,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           "standard error std(Δ)/√n.", "",
           _per_seed_table(variants, list(cfg.seeds), results), "",
           f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",
-          "Plots: acc_vs_macs.png, acc_vs_latency.png, curves.png."]
+          "Plots: acc_vs_macs.png, acc_vs_latency.png, delta_vs_none.png, curves.png."]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     print_table(rows, REPORT_COLUMNS, REPORT_HEADERS, title=f"compare: {cfg.model} on {base.data} ({wall:.0f} s)")
     print(f"report: {out / 'report.md'}")
