@@ -1,5 +1,6 @@
 """compare: a tiny study end to end, its report, and resumption without retraining."""
 import csv
+import json
 import os
 
 import pytest
@@ -73,3 +74,16 @@ def test_paired_deltas_match_hand_computation():
     # a seed the baseline has not finished is left out; one pair has no SE
     one = paired_deltas([dict(seed=0, val_top1=90.25), dict(seed=5, val_top1=99.0)], base)
     assert one["per_seed"] == {0: 0.25} and one["se"] != one["se"] and one["better"] == 1
+
+
+def test_training_time_ignores_slowed_epochs(tmp_path):
+    small = dict(variants=["eca"], seeds=[0], out=str(tmp_path), progress=False, latency_repeats=2, latency_batch=4,
+                 train=dict(train_size=64, epochs=3, batch_size=32))
+    run_compare(CompareConfig(**small))
+    metrics = tmp_path / "runs/none/seed0/metrics.jsonl"
+    epochs = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for e, t in zip(epochs, (2.0, 3.0, 500.0)):  # the last epoch shared the machine with other work
+        e.update(epoch_time_s=t, images_per_s=64 / t)
+    metrics.write_text("".join(json.dumps(e) + "\n" for e in epochs))
+    rows = run_compare(CompareConfig(report_only=True, **small))
+    assert rows[0]["train_time_s"] == pytest.approx(9.0) and rows[0]["train_img_s"] == pytest.approx(64 / 3)
