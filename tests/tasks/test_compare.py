@@ -7,7 +7,7 @@ import pytest
 
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
-from convattn.study.compare import paired_deltas
+from convattn.study.compare import _stacked_table, paired_deltas
 
 
 def _cfg(out, **kw):
@@ -87,3 +87,14 @@ def test_training_time_ignores_slowed_epochs(tmp_path):
     metrics.write_text("".join(json.dumps(e) + "\n" for e in epochs))
     rows = run_compare(CompareConfig(report_only=True, **small))
     assert rows[0]["train_time_s"] == pytest.approx(9.0) and rows[0]["train_img_s"] == pytest.approx(64 / 3)
+
+
+def test_stacked_table_pairs_each_part_by_seed():
+    runs = lambda *accs: [dict(seed=s, val_top1=a) for s, a in enumerate(accs)]  # noqa: E731
+    results = {"none": runs(90.0, 90.0), "se": runs(91.0, 90.0), "se+aw": runs(91.5, 89.5), "aw": [],
+               "cbam+aw": runs(90.0, 91.0)}
+    table = _stacked_table(list(results), [0, 1], results)
+    rows = [line for line in table.splitlines()[2:]]
+    # se+aw vs se: Δ = (+0.5, −0.5); aw and cbam were not trained, so they get no rows
+    assert rows == ["| se+aw | se | +0.50 | -0.50 | +0.00 ± 0.50 | 1 of 2 seeds |"]
+    assert _stacked_table(["none", "se"], [0, 1], {"none": runs(90.0), "se": runs(91.0)}) == ""

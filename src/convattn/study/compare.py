@@ -137,6 +137,29 @@ def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]
     return rows
 
 
+def _stacked_table(variants: list[str], seeds: Sequence[int], results: dict[str, list[dict[str, Any]]]) -> str:
+    """Markdown: each stacked arm (``a+b``) against each of its parts that the study also trained, paired by seed.
+
+    Empty when the study has no stacked arm with a trained part.
+    """
+    head = ["arm", "vs"] + [f"Δ seed {s}" for s in seeds] + ["paired Δ (mean ± SE)", "better"]
+    lines = []
+    for v in variants:
+        for part in (v.split("+") if "+" in v else []):
+            if part not in results or not results[part] or not results[v]:
+                continue
+            p = paired_deltas(results[v], results[part])
+            if not p["per_seed"]:
+                continue
+            se = "n/a" if p["se"] != p["se"] else f"{p['se']:.2f}"
+            cells = [v, part] + [f"{p['per_seed'][s]:+.2f}" if s in p["per_seed"] else "" for s in seeds]
+            cells += [f"{p['mean']:+.2f} ± {se}", f"{p['better']} of {len(p['per_seed'])} seeds"]
+            lines.append("| " + " | ".join(cells) + " |")
+    if not lines:
+        return ""
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|", *lines]) + "\n"
+
+
 def _delta_plot(plt, out: Path, results: dict[str, list[dict[str, Any]]]) -> None:
     """``delta_vs_none.png``: each arm's per-seed difference to the same seed's baseline, with mean ± SE."""
     arms = [v for v in results if v != "none" and paired_deltas(results[v], results["none"])["per_seed"]]
@@ -312,6 +335,8 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           "baseline run of the same seed: Δ in brackets, then the mean of those paired differences with its "
           "standard error std(Δ)/√n.", "",
           _per_seed_table(variants, list(cfg.seeds), results), "",
+          *(["Stacked arms against their parts (same pairing by seed):", "", stacked, ""]
+            if (stacked := _stacked_table(variants, list(cfg.seeds), results)) else []),
           f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",
           "Plots: acc_vs_macs.png, acc_vs_latency.png, delta_vs_none.png, curves.png."]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
