@@ -101,6 +101,9 @@ def _add_maps(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", action="append", default=[], help="image file or folder (repeatable)")
     p.add_argument("--index", default=None, help="indices of validation images of the run's data set, e.g. 0,5,9")
     p.add_argument("--ema", action="store_true")
+    p.add_argument("--stats", type=int, default=None, metavar="N",
+                   help="also write every module's attention statistics over the first N validation images "
+                        "(attention_stats.csv/.md); draws per-image maps only when --image/--index is given")
     p.add_argument("--out", default=None, help="default: <run>/maps")
     p.set_defaults(func=_run_maps)
 
@@ -108,11 +111,22 @@ def _add_maps(sub: argparse._SubParsersAction) -> None:
 def _run_maps(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .analysis.maps import load_image, save_maps, validation_images
+    import torch
+
+    from .analysis.maps import attention_statistics, load_image, save_maps, save_statistics, validation_images
     from .data import list_image_files
     from .tasks.classification import load_run
+    if args.stats is not None and args.stats < 2:
+        raise ValueError(f"--stats needs at least 2 images, got {args.stats}")
     cfg, info, model = load_run(args.run, use_ema=args.ema)
     out = Path(args.out or Path(args.run) / "maps")
+    if args.stats is not None:
+        imgs = validation_images(cfg, info, list(range(args.stats)))
+        rows = attention_statistics(model, torch.cat([x for _, x, _, _ in imgs]))
+        files = save_statistics(rows, out, f"Attention statistics: {args.run} ({args.stats} validation images)")
+        print(f"{len(rows)} attention outputs: {', '.join(map(str, files))}")
+        if not args.image and args.index is None:
+            return 0
     items = []  # (name, tensor, display, label)
     for f in list_image_files(args.image):
         x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])

@@ -48,6 +48,15 @@ def test_maps_from_validation_images_and_files(run_dir, tmp_path):
     assert (tmp_path / "f" / "shirt" / "gradcam.png").exists()
 
 
+def test_maps_statistics_over_validation_images(run_dir, tmp_path, capsys):
+    assert main(["maps", "--run", str(run_dir), "--stats", "6", "--out", str(tmp_path)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["attention_stats.csv", "attention_stats.md"]
+    md = (tmp_path / "attention_stats.md").read_text()
+    assert "| layer1.0.attn | channel |" in md and "| layer1.0.attn | spatial |" in md and "| aw |" in md
+    assert main(["maps", "--run", str(run_dir), "--stats", "1", "--out", str(tmp_path)]) == 2
+    assert "at least 2 images" in capsys.readouterr().err
+
+
 def test_maps_bad_inputs(run_dir, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")

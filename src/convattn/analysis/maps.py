@@ -3,7 +3,9 @@
 * channel gates per block (SE, ECA, GCT, CBAM and STEAM channel branches) as a heat map, one row per module;
 * spatial gates (CBAM, STEAM's SIA) upsampled and overlaid on the image;
 * AW-convolution kernel modulation statistics per layer (mean, std, min, max of A);
-* Grad-CAM (Selvaraju et al., ICCV 2017) of the predicted class on the last stage.
+* Grad-CAM (Selvaraju et al., ICCV 2017) of the predicted class on the last stage;
+* with ``--stats N``: each module's attention statistics over N validation images (how far the gates are from
+  their init and how much they depend on the input), as CSV and Markdown.
 """
 from __future__ import annotations
 
@@ -20,14 +22,15 @@ from torch import nn
 from ..layers import AWConv2d, CBAM, ECA, GCT, SEModule, STEAM
 from ..report import atomic_write_text, save_figure
 
-__all__ = ["attention_maps", "grad_cam", "save_maps", "load_image", "validation_images"]
+__all__ = ["attention_maps", "attention_statistics", "grad_cam", "save_maps", "load_image", "validation_images"]
 
 _ATTN_TYPES = (SEModule, ECA, GCT, CBAM, STEAM, AWConv2d)
 
 
 @torch.no_grad()
-def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """Per attention module (by name): ``channel`` (C,), ``spatial`` (H, W) and/or ``aw`` (A) for image ``x`` (1, C, H, W)."""
+def _collect_attention(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Per attention module (by name): its attention on the batch ``x``, keyed ``channel`` (N, C), ``spatial``
+    (N, H, W) and/or ``aw`` (N, ...) (the kernel modulation A)."""
     found: dict[str, dict[str, torch.Tensor]] = {}
     hooks = []
 
@@ -36,15 +39,15 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
             a = mod.attention(inp[0])
             entry: dict[str, torch.Tensor] = {}
             if isinstance(mod, AWConv2d):
-                entry["aw"] = a[0]
+                entry["aw"] = a
             elif isinstance(mod, (CBAM, STEAM)):
                 cg, sg = a
                 if cg is not None:
-                    entry["channel"] = cg[0, :, 0, 0]
+                    entry["channel"] = cg[:, :, 0, 0]
                 if sg is not None:
-                    entry["spatial"] = sg[0, 0]
+                    entry["spatial"] = sg[:, 0]
             else:
-                entry["channel"] = a[0, :, 0, 0]
+                entry["channel"] = a[:, :, 0, 0]
             found[name] = entry
         return fn
 
@@ -57,6 +60,30 @@ def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, tor
         for h in hooks:
             h.remove()
     return found
+
+
+def attention_maps(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
+    """Per attention module (by name): ``channel`` (C,), ``spatial`` (H, W) and/or ``aw`` (A) for image ``x`` (1, C, H, W)."""
+    return {n: {k: v[0] for k, v in e.items()} for n, e in _collect_attention(model, x).items()}
+
+
+def attention_statistics(model: nn.Module, x: torch.Tensor) -> list[dict[str, Any]]:
+    """Statistics of every attention module's output over the batch ``x`` (N ≥ 2 images), one row per module and kind.
+
+    ``mean``/``std``/``min``/``max`` over all values; ``sample_std``: the standard deviation across the N images,
+    averaged over the attention's elements, i.e. how much the attention depends on the input (0 for a constant
+    gate, such as GCT or AW-convolution at init).
+    """
+    if x.dim() != 4 or x.shape[0] < 2:
+        raise ValueError(f"attention_statistics needs a batch of at least 2 images (N, C, H, W), got {tuple(x.shape)}")
+    rows = []
+    for name, entry in _collect_attention(model, x).items():
+        for kind, v in entry.items():
+            v = v.double()
+            rows.append(dict(module=name, kind=kind, shape=list(v.shape[1:]), mean=v.mean().item(),
+                             std=v.std().item(), sample_std=v.std(0).mean().item(), min=v.min().item(),
+                             max=v.max().item()))
+    return rows
 
 
 def _last_stage(model: nn.Module) -> nn.Module:
@@ -132,6 +159,23 @@ def validation_images(cfg: Any, info: dict[str, Any], indices: list[int]) -> lis
         disp = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()  # (H, W, C) in [0, 1]
         items.append((f"val{i}", x.float(), disp, int(y)))
     return items
+
+
+STATS_COLUMNS = ["module", "kind", "mean", "std", "sample_std", "min", "max"]
+
+
+def save_statistics(rows: list[dict[str, Any]], out_dir: str | os.PathLike, title: str) -> list[Path]:
+    """Write ``attention_stats.csv`` and ``attention_stats.md`` (rows of :func:`attention_statistics`)."""
+    from ..report import to_markdown, write_csv
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shown = [dict(r, **{k: round(r[k], 4) for k in STATS_COLUMNS[2:]}) for r in rows]
+    write_csv(out / "attention_stats.csv", shown, STATS_COLUMNS + ["shape"])
+    md = [f"# {title}", "", to_markdown(shown, STATS_COLUMNS, {"sample_std": "std across images"}), "",
+          "channel/spatial: sigmoid gates (GCT: its tanh gate 1 + tanh(·)); aw: the kernel modulation A of "
+          "K' = K(1 + A). std across images: per element, averaged (0 = the same attention for every input)."]
+    atomic_write_text(out / "attention_stats.md", "\n".join(md) + "\n")
+    return [out / "attention_stats.csv", out / "attention_stats.md"]
 
 
 def save_maps(model: nn.Module, x: torch.Tensor, display: np.ndarray, out_dir: str | os.PathLike,
