@@ -7,7 +7,7 @@ import pytest
 
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
-from convattn.study.compare import _stacked_table, paired_deltas
+from convattn.study.compare import _accuracy_cells, _stacked_table, paired_deltas
 
 
 def _cfg(out, **kw):
@@ -98,3 +98,10 @@ def test_stacked_table_pairs_each_part_by_seed():
     # se+aw vs se: Δ = (+0.5, −0.5); aw and cbam were not trained, so they get no rows
     assert rows == ["| se+aw | se | +0.50 | -0.50 | +0.00 ± 0.50 | 1 of 2 seeds |"]
     assert _stacked_table(["none", "se"], [0, 1], {"none": runs(90.0), "se": runs(91.0)}) == ""
+
+
+def test_report_shows_accuracies_in_points_with_two_decimals():
+    row = dict(variant="se", top1_mean=91.0, top1_std=0.007071, delta=-0.104, delta_se=float("nan"), params=5)
+    cells = _accuracy_cells(row)
+    assert (cells["top1_mean"], cells["top1_std"], cells["delta"]) == ("91.00", "0.01", "-0.10")
+    assert cells["delta_se"] != cells["delta_se"] and cells["params"] == 5 and row["top1_mean"] == 91.0

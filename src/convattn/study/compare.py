@@ -224,6 +224,16 @@ REPORT_HEADERS = {"seeds_done": "seeds", "top1_mean": "top-1 % (mean)", "top1_st
                   "train_time_s": "train s/run (robust)", "train_img_s": "train img/s (robust)"}
 
 
+def _accuracy_cells(row: dict[str, Any]) -> dict[str, Any]:
+    """Display copy of a report row: accuracies and their differences in points with two decimals."""
+    out = dict(row)
+    for k in ("top1_mean", "top1_std", "delta", "delta_se"):
+        v = row.get(k)
+        if isinstance(v, float) and v == v:
+            out[k] = f"{v:+.2f}" if k == "delta" else f"{v:.2f}"
+    return out
+
+
 def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str, Any]]:
     """Run (or continue) the study and write ``report.md``, ``results.csv``, ``runs.csv`` and plots."""
     variants = list(dict.fromkeys(["none"] + [v.strip() for v in cfg.variants if v.strip()]))
@@ -306,6 +316,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
     _plots(out, rows, curves, results)
     wall = time.perf_counter() - t_start
     r0 = results["none"][0]
+    shown = [_accuracy_cells(r) for r in rows]
     partial = ([f"**Partial study: {n_done} of {n_all} runs finished.** Rerun the command to continue; finished "
                 "runs are kept and unfinished ones resume from their last epoch.", ""] if n_done < n_all else [])
     md = [f"# convattn compare: {cfg.model} on {base.data}", "", *partial,
@@ -316,7 +327,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           f"label smoothing {base.label_smoothing}; {r0['train_images']} training / {r0['val_images']} validation "
           f"images; seeds {list(cfg.seeds)}.", "",
           "Environment: " + ", ".join(f"{k} {v}" for k, v in study["environment"].items()), "",
-          to_markdown(rows, REPORT_COLUMNS, REPORT_HEADERS), "",
+          to_markdown(shown, REPORT_COLUMNS, REPORT_HEADERS), "",
           "* top-1: validation accuracy after the last epoch, mean and sample std over seeds; per seed below and in "
           "results.csv.",
           "* Δ vs none: difference of means; SE(Δ) = sqrt(s²/n + s₀²/n₀) (Welch). \"exceeds spread\" means |Δ| > 2·SE(Δ); "
@@ -340,6 +351,6 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",
           "Plots: acc_vs_macs.png, acc_vs_latency.png, delta_vs_none.png, curves.png."]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
-    print_table(rows, REPORT_COLUMNS, REPORT_HEADERS, title=f"compare: {cfg.model} on {base.data} ({wall:.0f} s)")
+    print_table(shown, REPORT_COLUMNS, REPORT_HEADERS, title=f"compare: {cfg.model} on {base.data} ({wall:.0f} s)")
     print(f"report: {out / 'report.md'}")
     return rows
