@@ -96,28 +96,29 @@ def paired_deltas(runs: list[dict[str, Any]], base_runs: list[dict[str, Any]]) -
                 better=int((d > 0).sum()))
 
 
+def _paired_cells(p: dict[str, Any]) -> dict[str, str]:
+    """Display cells of :func:`paired_deltas`: mean ± SE and how many seeds were better."""
+    se = "n/a" if p["se"] != p["se"] else f"{p['se']:.2f}"
+    return {"paired": f"{p['mean']:+.2f} ± {se}", "better": f"{p['better']} of {len(p['per_seed'])} seeds"}
+
+
 def _per_seed_table(variants: list[str], seeds: Sequence[int], results: dict[str, list[dict[str, Any]]]) -> str:
     """Markdown: top-1 per seed with its difference to the same seed's baseline, and the paired mean Δ."""
-    head = ["variant"] + [f"seed {s}" for s in seeds] + ["paired Δ (mean ± SE)", "better than none"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    cols = ["variant"] + [f"seed {s}" for s in seeds] + ["paired", "better"]
+    rows = []
     for v in variants:
         by_seed = {r["seed"]: r["val_top1"] for r in results[v]}
         p = paired_deltas(results[v], results["none"])
-        cells = [v]
+        row: dict[str, Any] = {"variant": v}
         for s in seeds:
             if s not in by_seed:
-                cells.append("")
-            elif v == "none" or s not in p["per_seed"]:
-                cells.append(f"{by_seed[s]:.2f}")
-            else:
-                cells.append(f"{by_seed[s]:.2f} ({p['per_seed'][s]:+.2f})")
-        if v == "none" or not p["per_seed"]:
-            cells += ["", ""]
-        else:
-            se = "n/a" if p["se"] != p["se"] else f"{p['se']:.2f}"
-            cells += [f"{p['mean']:+.2f} ± {se}", f"{p['better']} of {len(p['per_seed'])} seeds"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+                continue
+            d = "" if v == "none" or s not in p["per_seed"] else f" ({p['per_seed'][s]:+.2f})"
+            row[f"seed {s}"] = f"{by_seed[s]:.2f}{d}"
+        if v != "none" and p["per_seed"]:
+            row.update(_paired_cells(p))
+        rows.append(row)
+    return to_markdown(rows, cols, {"paired": "paired Δ (mean ± SE)", "better": "better than none"})
 
 
 def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]) -> list[dict[str, Any]]:
@@ -142,30 +143,26 @@ def _stacked_table(variants: list[str], seeds: Sequence[int], results: dict[str,
 
     Empty when the study has no stacked arm with a trained part.
     """
-    head = ["arm", "vs"] + [f"Δ seed {s}" for s in seeds] + ["paired Δ (mean ± SE)", "better"]
-    lines = []
+    cols = ["arm", "vs"] + [f"Δ seed {s}" for s in seeds] + ["paired", "better"]
+    rows = []
     for v in variants:
         for part in (v.split("+") if "+" in v else []):
             if part not in results or not results[part] or not results[v]:
                 continue
             p = paired_deltas(results[v], results[part])
-            if not p["per_seed"]:
-                continue
-            se = "n/a" if p["se"] != p["se"] else f"{p['se']:.2f}"
-            cells = [v, part] + [f"{p['per_seed'][s]:+.2f}" if s in p["per_seed"] else "" for s in seeds]
-            cells += [f"{p['mean']:+.2f} ± {se}", f"{p['better']} of {len(p['per_seed'])} seeds"]
-            lines.append("| " + " | ".join(cells) + " |")
-    if not lines:
-        return ""
-    return "\n".join(["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|", *lines]) + "\n"
+            if p["per_seed"]:
+                rows.append({"arm": v, "vs": part, **{f"Δ seed {s}": f"{d:+.2f}" for s, d in p["per_seed"].items()},
+                             **_paired_cells(p)})
+    return to_markdown(rows, cols, {"paired": "paired Δ (mean ± SE)"}) if rows else ""
 
 
 def _delta_plot(plt, out: Path, results: dict[str, list[dict[str, Any]]]) -> None:
     """``delta_vs_none.png``: each arm's per-seed difference to the same seed's baseline, with mean ± SE."""
-    arms = [v for v in results if v != "none" and paired_deltas(results[v], results["none"])["per_seed"]]
+    pairs = {v: paired_deltas(results[v], results["none"]) for v in results if v != "none"}
+    arms = [v for v, p in pairs.items() if p["per_seed"]]
     fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.42 * max(len(arms), 1)))
     for i, v in enumerate(arms):
-        p = paired_deltas(results[v], results["none"])
+        p = pairs[v]
         ax.plot(list(p["per_seed"].values()), [i] * len(p["per_seed"]), "o", color="0.6", ms=4)
         ax.errorbar(p["mean"], i, xerr=p["se"] if p["se"] == p["se"] else None, fmt="D", color="C0", capsize=3)
     ax.axvline(0, color="k", lw=0.8)
