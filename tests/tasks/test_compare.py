@@ -7,7 +7,7 @@ import pytest
 
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
-from convattn.study.compare import _accuracy_cells, _stacked_table, paired_deltas
+from convattn.study.compare import _accuracy_cells, _check_study, _stacked_table, paired_deltas
 
 
 def _cfg(out, **kw):
@@ -46,7 +46,8 @@ def test_compare_refuses_other_recipe_in_same_folder(tmp_path, capsys):
                               latency_batch=4, train=dict(train_size=64, epochs=1, batch_size=64)))
     rc = main(["compare", "--variants", "eca", "--seeds", "1", "--out", str(tmp_path), "--train-size", "64",
                "--epochs", "1", "--batch-size", "32", "--quiet"])
-    assert rc == 2 and "another recipe" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "another recipe" in err and "batch_size: 64 -> 32" in err
     assert main(["compare", "--variants", "eca,foo", "--out", str(tmp_path / "x")]) == 2
 
 
@@ -105,3 +106,15 @@ def test_report_shows_accuracies_in_points_with_two_decimals():
     cells = _accuracy_cells(row)
     assert (cells["top1_mean"], cells["top1_std"], cells["delta"]) == ("91.00", "0.01", "-0.10")
     assert cells["delta_se"] != cells["delta_se"] and cells["params"] == 5 and row["top1_mean"] == 91.0
+
+
+def test_study_from_before_a_new_setting_still_resumes(tmp_path):
+    """A study.json written before a recipe key existed counts that key as its default; another value is refused."""
+    recipe = dict(lr=0.1, epochs=10, attn_lr_mult=1.0)
+    (tmp_path / "study.json").write_text(json.dumps(dict(model="resnet20", recipe=dict(lr=0.1, epochs=10))))
+    _check_study(tmp_path, dict(model="resnet20", recipe=recipe))
+    assert json.loads((tmp_path / "study.json").read_text())["recipe"] == recipe
+    with pytest.raises(ValueError, match="attn_lr_mult: 1.0 -> 10.0"):
+        _check_study(tmp_path, dict(model="resnet20", recipe={**recipe, "attn_lr_mult": 10.0}))
+    with pytest.raises(ValueError, match="model"):
+        _check_study(tmp_path, dict(model="resnet56", recipe=recipe))

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from convattn.cli import main
 from convattn.models import create_model
 from convattn.tasks.checkpoint import CheckpointError
-from convattn.tasks.classification import TrainConfig, _param_groups, evaluate_run, recalibrate_bn, train
+from convattn.tasks.classification import TrainConfig, evaluate_run, recalibrate_bn, train
+from convattn.tasks.optim import param_groups
 
 TINY = dict(model="resnet20", train_size=256, batch_size=64, epochs=2, warmup_epochs=0.5, progress=False, threads=2)
 
@@ -31,10 +32,13 @@ def test_train_writes_everything(tmp_path):
 
 def test_resume_is_bit_exact(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    train(TrainConfig(variant="se+aw", out=str(a), conv_kwargs={"init": "small"}, **TINY))
-    part = train(TrainConfig(variant="se+aw", out=str(b), stop_after=1, conv_kwargs={"init": "small"}, **TINY))
+    opts = dict(variant="se+aw", conv_kwargs={"init": "small"}, attn_lr_mult=3.0, **TINY)  # 4 optimizer groups
+    train(TrainConfig(out=str(a), **opts))
+    part = train(TrainConfig(out=str(b), stop_after=1, **opts))
     assert part["stopped_after"] == 1 and not (b / "final.json").exists()
-    train(TrainConfig(variant="se+aw", out=str(b), conv_kwargs={"init": "small"}, **TINY))
+    with pytest.raises(CheckpointError, match="attn_lr_mult"):  # another multiplier is another run
+        train(TrainConfig(out=str(b), **{**opts, "attn_lr_mult": 1.0}))
+    train(TrainConfig(out=str(b), **opts))
     wa = load_file(str(a / "checkpoints/epoch_0002/model.safetensors"))
     wb = load_file(str(b / "checkpoints/epoch_0002/model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
@@ -70,12 +74,12 @@ def test_eval_matches_training_and_checks_variant(tmp_path):
 
 def test_gct_beta_excluded_from_weight_decay():
     m = create_model("resnet20", attn="gct")
-    groups = _param_groups(m, 5e-4, "declared")
+    groups = param_groups(m, 0.1, 5e-4, "declared")
     no_decay = {id(p) for p in groups[1]["params"]}
     betas = [p for n, p in m.named_parameters() if n.endswith("beta")]
     assert betas and all(id(p) in no_decay for p in betas) and len(no_decay) == len(betas)
-    assert len(_param_groups(m, 5e-4, "none")) == 1
-    nb = _param_groups(m, 5e-4, "norm_bias")[1]["params"]
+    assert len(param_groups(m, 0.1, 5e-4, "none")) == 1
+    nb = param_groups(m, 0.1, 5e-4, "norm_bias")[1]["params"]
     assert len(nb) > len(betas)
 
 

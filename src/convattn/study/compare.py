@@ -68,8 +68,15 @@ def _check_study(out: Path, study: dict[str, Any]) -> None:
     p = out / "study.json"
     if p.exists():
         old = json.loads(p.read_text())
-        if old.get("recipe") != study["recipe"] or old.get("model") != study["model"]:
-            raise ValueError(f"{out} holds a study with another recipe or model; use a new --out folder "
+        # a setting a study.json predates counts as its default, so that older studies keep resuming
+        defaults = asdict(TrainConfig())
+        new_recipe, old_recipe = study["recipe"], old.get("recipe", {})
+        differ = sorted(k for k in set(new_recipe) | set(old_recipe)
+                        if old_recipe.get(k, defaults.get(k)) != new_recipe.get(k, defaults.get(k)))
+        if differ or old.get("model") != study["model"]:
+            what = ", ".join(f"{k}: {old_recipe.get(k, defaults.get(k))!r} -> {new_recipe.get(k, defaults.get(k))!r}"
+                             for k in differ) or f"model: {old.get('model')!r} -> {study['model']!r}"
+            raise ValueError(f"{out} holds a study with another recipe or model ({what}); use a new --out folder "
                              "(finished runs are never overwritten)")
     atomic_write_text(p, json.dumps(study, indent=2))
 
@@ -321,8 +328,12 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           f"Recipe (one for every arm): preset `{base.preset}`, {base.epochs} epochs, batch {base.batch_size}, SGD lr "
           f"{base.lr} momentum {base.momentum} (nesterov {base.nesterov}), weight decay {base.weight_decay} "
           f"(excluded: {base.wd_exclude}), {base.schedule} schedule, warm-up {base.warmup_epochs} epochs, "
-          f"label smoothing {base.label_smoothing}; {r0['train_images']} training / {r0['val_images']} validation "
-          f"images; seeds {list(cfg.seeds)}.", "",
+          f"label smoothing {base.label_smoothing}"
+          + (f", attention learning rate × {base.attn_lr_mult:g} (attention modules and AW's generator)"
+             if base.attn_lr_mult != 1 else "")
+          + (f", attention options {json.dumps(base.attn_kwargs)}" if base.attn_kwargs else "")
+          + (f", AW options {json.dumps(base.conv_kwargs)}" if base.conv_kwargs else "")
+          + f"; {r0['train_images']} training / {r0['val_images']} validation images; seeds {list(cfg.seeds)}.", "",
           "Environment: " + ", ".join(f"{k} {v}" for k, v in study["environment"].items()), "",
           to_markdown(shown, REPORT_COLUMNS, REPORT_HEADERS), "",
           "* top-1: validation accuracy after the last epoch, mean and sample std over seeds; per seed below and in "

@@ -23,6 +23,7 @@ from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
+from .optim import WD_EXCLUDE_MODES, check_attn_lr_mult, param_groups
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
 
@@ -63,6 +64,7 @@ class TrainConfig:
     nesterov: bool | None = None
     weight_decay: float | None = None
     wd_exclude: str = "declared"  # "none" | "declared" (module-declared, e.g. GCT beta) | "norm_bias" (+ ndim <= 1)
+    attn_lr_mult: float = 1.0  # learning-rate multiplier for attention parameters (tasks/optim.py)
     schedule: str | None = None  # "cosine" | "step"
     milestones: list[int] | None = None
     gamma: float = 0.1
@@ -108,8 +110,9 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("schedule 'step' needs milestones (epochs at which the LR drops)")
     if d["amp"] not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
-    if d["wd_exclude"] not in ("none", "declared", "norm_bias"):
-        raise ValueError(f"wd_exclude must be none, declared or norm_bias, got {d['wd_exclude']!r}")
+    if d["wd_exclude"] not in WD_EXCLUDE_MODES:
+        raise ValueError(f"wd_exclude must be one of {', '.join(WD_EXCLUDE_MODES)}, got {d['wd_exclude']!r}")
+    d["attn_lr_mult"] = check_attn_lr_mult(d["attn_lr_mult"])
     if d["epochs"] < 1:
         raise ValueError(f"epochs must be >= 1, got {d['epochs']}")
     return TrainConfig(**d)
@@ -117,21 +120,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 # what must agree between a run and the checkpoint it resumes from
 _IDENTITY_KEYS = ("model", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "image_size", "epochs",
-                  "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema")
-
-
-def _param_groups(model: nn.Module, weight_decay: float, mode: str) -> list[dict[str, Any]]:
-    declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = mode != "none" and (name in declared or (mode == "norm_bias" and (p.ndim <= 1 or name.endswith(".bias"))))
-        (no_decay if skip else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+                  "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema", "attn_lr_mult")
 
 
 def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
@@ -223,8 +212,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     model = build_model(cfg, data).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(_param_groups(model, cfg.weight_decay, cfg.wd_exclude), lr=cfg.lr, momentum=cfg.momentum,
-                          nesterov=cfg.nesterov and cfg.momentum > 0)
+    groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.wd_exclude, cfg.attn_lr_mult)
+    opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     steps = len(data.train)
     sched = _scheduler(opt, cfg, steps)
     ema = None

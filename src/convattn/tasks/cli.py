@@ -35,6 +35,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--weight-decay", type=float, default=None)
     g.add_argument("--wd-exclude", choices=["none", "declared", "norm_bias"], default="declared",
                    help="no weight decay on: nothing / module-declared params (GCT beta) / also norms and biases")
+    g.add_argument("--attn-lr-mult", type=float, default=None,
+                   help="learning-rate multiplier for attention parameters (attention modules, AW's generator; "
+                        "default 1)")
     g.add_argument("--schedule", choices=["cosine", "step"], default=None)
     g.add_argument("--milestones", type=_int_list, default=None, help="step schedule epochs, e.g. 30,60,90")
     g.add_argument("--warmup-epochs", type=float, default=None)
@@ -70,9 +73,9 @@ def _variant(args: argparse.Namespace) -> str:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "wd_exclude", "schedule", "milestones",
-            "warmup_epochs", "label_smoothing", "ema", "ema_decay", "amp", "channels_last", "compile", "train_size",
-            "image_size", "workers", "device", "attn_kwargs", "conv_kwargs")
+    keys = ("preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "wd_exclude", "attn_lr_mult",
+            "schedule", "milestones", "warmup_epochs", "label_smoothing", "ema", "ema_decay", "amp", "channels_last",
+            "compile", "train_size", "image_size", "workers", "device", "attn_kwargs", "conv_kwargs")
     return {k: getattr(args, k) for k in keys if getattr(args, k) not in (None, {}, False)}
 
 
