@@ -34,7 +34,8 @@ def test_groups_partition_parameters_with_multiplier():
     groups = param_groups(m, 0.1, 5e-4, "declared", attn_lr_mult=10)
     seen = [id(p) for g in groups for p in g["params"]]
     assert len(seen) == len(set(seen)) == len(list(m.parameters()))  # every parameter once
-    attn = _ids(p for n, p in m.named_parameters() if n in attention_parameter_names(m))
+    names = attention_parameter_names(m)
+    attn = _ids(p for n, p in m.named_parameters() if n in names)
     betas = _ids(p for n, p in m.named_parameters() if n.endswith("beta"))
     for g in groups:
         ids = _ids(g["params"])

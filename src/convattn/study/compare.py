@@ -70,12 +70,12 @@ def _check_study(out: Path, study: dict[str, Any]) -> None:
         old = json.loads(p.read_text())
         # a setting a study.json predates counts as its default, so that older studies keep resuming
         defaults = asdict(TrainConfig())
-        new_recipe, old_recipe = study["recipe"], old.get("recipe", {})
-        differ = sorted(k for k in set(new_recipe) | set(old_recipe)
-                        if old_recipe.get(k, defaults.get(k)) != new_recipe.get(k, defaults.get(k)))
+        keys = sorted(set(study["recipe"]) | set(old.get("recipe", {})))
+        was, now = ({k: r.get(k, defaults.get(k)) for k in keys} for r in (old.get("recipe", {}), study["recipe"]))
+        differ = [k for k in keys if was[k] != now[k]]
         if differ or old.get("model") != study["model"]:
-            what = ", ".join(f"{k}: {old_recipe.get(k, defaults.get(k))!r} -> {new_recipe.get(k, defaults.get(k))!r}"
-                             for k in differ) or f"model: {old.get('model')!r} -> {study['model']!r}"
+            what = (", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in differ)
+                    or f"model: {old.get('model')!r} -> {study['model']!r}")
             raise ValueError(f"{out} holds a study with another recipe or model ({what}); use a new --out folder "
                              "(finished runs are never overwritten)")
     atomic_write_text(p, json.dumps(study, indent=2))

@@ -23,7 +23,7 @@ from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
-from .optim import WD_EXCLUDE_MODES, check_attn_lr_mult, param_groups
+from .optim import check_attn_lr_mult, check_wd_exclude, param_groups
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
 
@@ -110,8 +110,7 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError("schedule 'step' needs milestones (epochs at which the LR drops)")
     if d["amp"] not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
-    if d["wd_exclude"] not in WD_EXCLUDE_MODES:
-        raise ValueError(f"wd_exclude must be one of {', '.join(WD_EXCLUDE_MODES)}, got {d['wd_exclude']!r}")
+    check_wd_exclude(d["wd_exclude"])
     d["attn_lr_mult"] = check_attn_lr_mult(d["attn_lr_mult"])
     if d["epochs"] < 1:
         raise ValueError(f"epochs must be >= 1, got {d['epochs']}")

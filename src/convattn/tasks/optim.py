@@ -14,9 +14,16 @@ from torch import nn
 
 from ..layers import AWConv2d
 
-__all__ = ["WD_EXCLUDE_MODES", "attention_parameter_names", "check_attn_lr_mult", "param_groups"]
+__all__ = ["WD_EXCLUDE_MODES", "attention_parameter_names", "check_attn_lr_mult", "check_wd_exclude", "param_groups"]
 
 WD_EXCLUDE_MODES = ("none", "declared", "norm_bias")
+
+
+def check_wd_exclude(mode: str) -> str:
+    """The mode itself; a clear error unless it is one of ``WD_EXCLUDE_MODES``."""
+    if mode not in WD_EXCLUDE_MODES:
+        raise ValueError(f"wd_exclude must be one of {', '.join(WD_EXCLUDE_MODES)}, got {mode!r}")
+    return mode
 
 
 def check_attn_lr_mult(mult: Any) -> float:
@@ -54,8 +61,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, wd_exclude: s
             1-D parameter and bias.
         attn_lr_mult: learning-rate multiplier for :func:`attention_parameter_names`; 1 gives the plain groups.
     """
-    if wd_exclude not in WD_EXCLUDE_MODES:
-        raise ValueError(f"wd_exclude must be one of {', '.join(WD_EXCLUDE_MODES)}, got {wd_exclude!r}")
+    check_wd_exclude(wd_exclude)
     attn_lr_mult = check_attn_lr_mult(attn_lr_mult)
     declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
     attention = attention_parameter_names(model) if attn_lr_mult != 1 else set()
