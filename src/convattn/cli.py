@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from typing import Sequence
@@ -72,6 +73,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
+    from .validate import check_values
+    check_values(args, (("num_classes", dict(lo=1, integer=True)), ("in_chans", dict(lo=1, integer=True)),
+                        ("input_size", dict(lo=8, integer=True, optional=True))))
+
     from .export import export_model, verify_export
     if args.run:
         from .tasks.classification import load_run
@@ -141,22 +146,43 @@ def _run_maps(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convattn", description="Attention modules for convolutional networks.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: environment variable CONVATTN_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_profile(sub)
     _add_export(sub)
     _add_maps(sub)
     from .tasks.cli import add_task_commands
     add_task_commands(sub)
+    for p in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a top-level --debug
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures caused by the input, the files or the machine: reported in one line (``--debug``: traceback)."""
+    errors: list[type[BaseException]] = [ValueError, OSError, FloatingPointError, MemoryError]
+    try:
+        from PIL import Image
+        errors.append(Image.DecompressionBombError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("CONVATTN_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"convattn {args.command}: error: {e}", file=sys.stderr)
+    except _expected_errors() as e:
+        if debug:
+            raise
+        msg = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename else \
+            f"{e.strerror or type(e).__name__}: {e.filename}"
+        print(f"convattn {args.command}: error: {msg or type(e).__name__} (--debug shows the traceback)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"convattn {args.command}: interrupted", file=sys.stderr)

@@ -17,6 +17,7 @@ from ..report import atomic_write_text, to_markdown, write_csv
 from ..tasks.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from ..tasks.common import Progress, autocast, seed_all
 from ..tasks.distributed import DistInfo, barrier, distributed_session
+from ..validate import ConfigError, check_values
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
 from .models import create_detector
 
@@ -88,7 +89,27 @@ def resolve(cfg: DetectConfig) -> DetectConfig:
         raise ValueError(f"Unknown detection data '{d['data']}'. Valid: embedded, coco, voc")
     if d["amp"] not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
+    check_values(d, _RANGES)
+    if d["max_size"] < d["min_size"]:
+        raise ConfigError(f"max_size (--max-size) must be >= min_size ({d['min_size']}), got {d['max_size']}")
+    ms = d["milestones"] or []
+    if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or list(ms) != sorted(set(ms)):
+        raise ConfigError(f"milestones (--milestones) must be increasing epochs >= 1, got {ms}")
+    if d["conv_kwargs"] and "aw" not in d["variant"].split("+"):
+        raise ConfigError(f"conv_kwargs (--conv-kwargs) configure AW-convolution, but variant {d['variant']!r} has none")
     return DetectConfig(**d)
+
+
+# (field, bounds) of every numeric detection setting, checked once after the preset is applied
+_RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("epochs", dict(lo=1, integer=True)), ("batch_size", dict(lo=1, integer=True)), ("lr", dict(lo=0, lo_open=True)),
+    ("momentum", dict(lo=0, hi=1, hi_open=True)), ("weight_decay", dict(lo=0)),
+    ("warmup_iters", dict(lo=0, integer=True)), ("min_size", dict(lo=32, integer=True)),
+    ("max_size", dict(lo=32, integer=True)), ("trainable_layers", dict(lo=0, hi=5, integer=True)),
+    ("train_size", dict(lo=1, integer=True, optional=True)), ("val_size", dict(lo=1, integer=True, optional=True)),
+    ("seed", dict(lo=0, integer=True)), ("workers", dict(lo=0, integer=True)),
+    ("threads", dict(lo=1, integer=True, optional=True)), ("stop_after", dict(lo=1, integer=True, optional=True)),
+)
 
 
 def build_datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:

@@ -10,6 +10,7 @@ import torch
 
 from ..models import create_model, parse_variant
 from ..report import atomic_write_text, print_table, to_markdown, write_csv
+from ..validate import check_device, check_values
 from .counting import count_complexity
 from .latency import measure_latency, prepare_for_timing
 
@@ -40,6 +41,14 @@ class ProfileConfig:
     num_classes: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        check_values(self, (("input_size", dict(lo=8, integer=True, optional=True)),
+                            ("batch_size", dict(lo=1, integer=True)), ("warmup", dict(lo=0, integer=True)),
+                            ("repeats", dict(lo=1, integer=True)), ("threads", dict(lo=1, integer=True, optional=True)),
+                            ("num_classes", dict(lo=1, integer=True, optional=True))))
+        for v in self.variants:
+            parse_variant(v)  # refuses unknown names before anything is built
+
 
 def _default_size(model: torch.nn.Module) -> int:
     return 32 if getattr(model, "stem", "imagenet") == "cifar" else 224
@@ -49,7 +58,7 @@ def profile(cfg: ProfileConfig) -> list[dict[str, Any]]:
     """Profile every (model, variant); latency ratios are to the plain model timed in the same rounds."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = check_device(cfg.device)
     variants = list(dict.fromkeys(["none"] + [v for v in cfg.variants]))  # baseline always measured, first
     rows: list[dict[str, Any]] = []
     for name in cfg.models:

@@ -23,6 +23,7 @@ from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
 from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
+from ..validate import ConfigError, check_values
 from .optim import check_attn_lr_mult, check_wd_exclude, param_groups
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
@@ -103,7 +104,6 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             d[k] = v
     if d["data"] != "folder":
         d["image_size"] = cfg.image_size  # tensor data sets keep their native size
-    parse_variant(d["variant"])  # validates
     if d["schedule"] not in ("cosine", "step"):
         raise ValueError(f"schedule must be 'cosine' or 'step', got {d['schedule']!r}")
     if d["schedule"] == "step" and not d.get("milestones"):
@@ -112,9 +112,44 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
         raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
     check_wd_exclude(d["wd_exclude"])
     d["attn_lr_mult"] = check_attn_lr_mult(d["attn_lr_mult"])
-    if d["epochs"] < 1:
-        raise ValueError(f"epochs must be >= 1, got {d['epochs']}")
+    d["_given_milestones"] = cfg.milestones is not None
+    _check_ranges(d)
     return TrainConfig(**d)
+
+
+# (field, bounds) of every numeric training setting; checked once, after the preset is applied
+_RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("epochs", dict(lo=1, integer=True)), ("batch_size", dict(lo=1, integer=True)),
+    ("eval_batch_size", dict(lo=1, integer=True, optional=True)), ("lr", dict(lo=0)),
+    ("momentum", dict(lo=0, hi=1, hi_open=True)), ("weight_decay", dict(lo=0)), ("gamma", dict(lo=0, lo_open=True)),
+    ("warmup_epochs", dict(lo=0)), ("warmup_lr", dict(lo=0)), ("min_lr", dict(lo=0)),
+    ("label_smoothing", dict(lo=0, hi=1, hi_open=True)), ("ema_decay", dict(lo=0, hi=1)),
+    ("train_size", dict(lo=1, integer=True, optional=True)), ("image_size", dict(lo=8, integer=True, optional=True)),
+    ("seed", dict(lo=0, integer=True)), ("workers", dict(lo=0, integer=True)),
+    ("threads", dict(lo=1, integer=True, optional=True)), ("keep_last", dict(lo=1, integer=True)),
+    ("stop_after", dict(lo=1, integer=True, optional=True)),
+)
+
+
+def _check_ranges(d: dict[str, Any]) -> None:
+    """Refuse out-of-range values with one line each (never substitute a default)."""
+    check_values(d, _RANGES)
+    given_milestones = d.pop("_given_milestones")
+    if d["warmup_epochs"] > d["epochs"]:
+        raise ConfigError(f"warmup_epochs (--warmup-epochs) must be <= epochs ({d['epochs']}), got {d['warmup_epochs']}")
+    if d["schedule"] == "step":
+        ms = d["milestones"]
+        top = d["epochs"] if given_milestones else float("inf")  # a preset's milestones may outlast a shorter run
+        if any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= top for m in ms) \
+                or list(ms) != sorted(set(ms)):
+            raise ConfigError(f"milestones (--milestones) must be increasing epochs in 1..{d['epochs']}, got {ms}")
+    attn = parse_variant(d["variant"])
+    if d["conv_kwargs"] and attn["conv"] != "aw":
+        raise ConfigError(f"conv_kwargs (--conv-kwargs) {d['conv_kwargs']} configure AW-convolution, but variant "
+                          f"{d['variant']!r} has none; add --conv aw (or '+aw' to the variant) or drop --conv-kwargs")
+    if d["attn_kwargs"] and not attn["attn"]:
+        raise ConfigError(f"attn_kwargs (--attn-kwargs) {d['attn_kwargs']} configure an attention module, but "
+                          f"variant {d['variant']!r} has none; add --attn NAME or drop --attn-kwargs")
 
 
 # what must agree between a run and the checkpoint it resumes from

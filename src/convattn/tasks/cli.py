@@ -43,7 +43,7 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-epochs", type=float, default=None)
     g.add_argument("--label-smoothing", type=float, default=None)
     g.add_argument("--ema", action="store_true", help="keep and evaluate an EMA of the weights (timm ModelEmaV3)")
-    g.add_argument("--ema-decay", type=float, default=0.999)
+    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay in [0, 1] (default 0.999)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     g.add_argument("--channels-last", action="store_true")
     g.add_argument("--compile", action="store_true")
@@ -76,7 +76,10 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "wd_exclude", "attn_lr_mult",
             "schedule", "milestones", "warmup_epochs", "label_smoothing", "ema", "ema_decay", "amp", "channels_last",
             "compile", "train_size", "image_size", "workers", "device", "attn_kwargs", "conv_kwargs")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) not in (None, {}, False)}
+    if args.ema_decay is not None and not args.ema:
+        raise ValueError(f"--ema-decay {args.ema_decay} has no effect without --ema; add --ema or drop --ema-decay")
+    # every value given is passed on as given: 0, 0.0 and False are values, only None means "not given"
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -98,8 +101,24 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed_list(seeds: list[int]) -> list[int]:
+    """``--seeds``: one number is a count (3 -> 0, 1, 2), several are the seeds themselves."""
+    if not seeds:
+        raise ValueError("--seeds needs a count (e.g. 3) or a list of seeds (e.g. 0,5,7)")
+    if len(seeds) == 1:
+        if seeds[0] < 1:
+            raise ValueError(f"--seeds {seeds[0]}: a seed count must be >= 1 (give a list such as 0,1 for seed 0)")
+        return list(range(seeds[0]))
+    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {','.join(map(str, seeds))}: seeds must be distinct integers >= 0")
+    return list(seeds)
+
+
 def _run_compare(args: argparse.Namespace) -> int:
     from ..models import DEFAULT_VARIANTS
+    from ..validate import check_value
+    seeds = _seed_list(args.seeds)
+    check_value("latency_batch", args.latency_batch, lo=1, integer=True)
     if args.task == "detection":
         from ..detection.compare import compare_detection
         from ..detection.engine import DetectConfig
@@ -107,7 +126,6 @@ def _run_compare(args: argparse.Namespace) -> int:
                             data="embedded" if args.data == "embedded" else "coco", data_dir=args.data_dir,
                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                             progress=not args.quiet, device=args.device)
-        seeds = args.seeds if len(args.seeds) > 1 else list(range(args.seeds[0]))
         compare_detection(base, args.variants or ["steam", "aw"], seeds, args.out, "convattn " + shlex.join(sys.argv[1:]))
         return 0
     from ..study import CompareConfig, run_compare
@@ -115,7 +133,6 @@ def _run_compare(args: argparse.Namespace) -> int:
     train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
         if args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"] else {}
     train.update(_train_overrides(args))
-    seeds = args.seeds if len(args.seeds) > 1 else list(range(args.seeds[0]))
     cfg = CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
                         data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
                         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only)

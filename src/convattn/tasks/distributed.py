@@ -9,6 +9,8 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
+from ..validate import check_device
+
 __all__ = ["DistInfo", "init_distributed", "all_reduce_sum", "barrier", "cleanup", "distributed_session"]
 
 
@@ -33,9 +35,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    dev = check_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", local if dev.index is None else dev.index)
         torch.cuda.set_device(dev)
