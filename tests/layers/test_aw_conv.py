@@ -47,14 +47,14 @@ def test_matches_per_sample_reference(geom, mode, impl, batch):
         m.pw2.bias.normal_(0, 0.3)
     x = torch.randn(batch, cin, h, w, dtype=torch.float64, requires_grad=True)
     y = m(x)
-    a = m.attention(x)
+    a = m.attention(x)["kernel"]
     y_ref = reference(x, m.weight, m.bias, a, m.stride, m.padding, m.dilation, m.groups)
     torch.testing.assert_close(y, y_ref)
     # gradients w.r.t. input, static kernel and generator agree with the reference path
     gy = torch.randn_like(y)
     params = [x, m.weight, m.pw1.weight, m.pw2.weight]
     g1 = torch.autograd.grad((y * gy).sum(), params)
-    y2 = reference(x, m.weight, m.bias, m.attention(x), m.stride, m.padding, m.dilation, m.groups)
+    y2 = reference(x, m.weight, m.bias, m.attention(x)["kernel"], m.stride, m.padding, m.dilation, m.groups)
     g2 = torch.autograd.grad((y2 * gy).sum(), params)
     for a1, a2 in zip(g1, g2):
         torch.testing.assert_close(a1, a2)
@@ -89,7 +89,7 @@ def test_se_on_input_special_case():
     se = SEModule(8).double()
     m = AWConv2d(8, 6, 3, 1, 1, mode="full").double()
     x = torch.randn(3, 8, 7, 7, dtype=torch.float64)
-    s = se.attention(x)[:, :, 0, 0]  # (N, C_in)
+    s = se.attention(x)["channel"][:, :, 0, 0]  # (N, C_in)
     a = s[:, None, :, None, None].expand(3, 6, 8, 3, 3)
     expected = F.conv2d(x * s[:, :, None, None], m.weight, None, 1, 1)
     torch.testing.assert_close(m(x, attn=a - 1), expected)
@@ -132,7 +132,7 @@ def test_full_g_fused_weight_equals_generic_path(pool, residual):
         m.pw2.weight.normal_(0, 0.5)
         m.pw2.bias.normal_(0, 0.5)
     x = torch.randn(3, 32, 9, 7, dtype=torch.float64)
-    torch.testing.assert_close(m._full_g_weight(x), m.modulated_weight(m.attention(x)))
+    torch.testing.assert_close(m._full_g_weight(x), m.modulated_weight(m.attention(x)["kernel"]))
 
 
 def test_full_g_inference_cache_follows_parameter_updates():
@@ -143,7 +143,7 @@ def test_full_g_inference_cache_follows_parameter_updates():
         torch.testing.assert_close(m(x), y1)  # served from the cache
         m.pw2.bias.add_(0.5)  # in-place update bumps the version: the cache must not be reused
         y2 = m(x)
-        ref = torch.cat([F.conv2d(x[i:i + 1], m.weight * (1 + m.attention(x)[i]), None, 1, 1) for i in range(2)])
+        ref = torch.cat([F.conv2d(x[i:i + 1], m.weight * (1 + m.attention(x)["kernel"][i]), None, 1, 1) for i in range(2)])
     torch.testing.assert_close(y2, ref, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(y1, y2)
 
@@ -152,7 +152,7 @@ def test_global_pool_and_activations():
     x = torch.randn(2, 8, 9, 9)
     for pool, act in itertools.product(["kernel", "global"], ["identity", "sigmoid", "tanh"]):
         m = AWConv2d(8, 8, 3, 1, 1, mode="outer", pool=pool, attn_act=act, init="small")
-        a = m.attention(x)
+        a = m.attention(x)["kernel"]
         assert a.shape == (2, 8, 8, 3, 3)
         assert m(x).shape == (2, 8, 9, 9)
         if act == "sigmoid":

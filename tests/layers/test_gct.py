@@ -26,7 +26,7 @@ def test_formula_float64(mode):
         norm = m.gamma / (emb.abs().mean(1, keepdim=True) + eps)
     gate = 1.0 + torch.tanh(emb * norm + m.beta)
     torch.testing.assert_close(m(x), x * gate)
-    g = m.attention(x)
+    g = m.attention(x)["channel"]
     assert ((g > 0) & (g < 2)).all()
 
 

@@ -29,7 +29,7 @@ def test_se_math_and_gate_range():
     h = F.relu(s @ m.fc1.weight[:, :, 0, 0].T + m.fc1.bias)
     a = torch.sigmoid(h @ m.fc2.weight[:, :, 0, 0].T + m.fc2.bias)
     torch.testing.assert_close(m(x), x * a[:, :, None, None])
-    g = m.attention(x)
+    g = m.attention(x)["channel"]
     assert g.shape == (2, 32, 1, 1) and (g > 0).all() and (g < 1).all()
 
 
@@ -80,7 +80,7 @@ def test_cbam_concat_order_max_first():
         m.spatial_gate.conv.weight[0, 0, 3, 3] = 1.0  # picks the first pooled map at the centre tap
     x = torch.zeros(1, 4, 3, 3, dtype=torch.float64)
     x[0, 0, 1, 1] = 4.0  # max over channels 4, mean 1
-    _, ms = m.attention(x)
+    ms = m.attention(x)["spatial"]
     assert ms[0, 0, 1, 1].item() == pytest.approx(torch.sigmoid(torch.tensor(4.0)).item(), rel=1e-4)
 
 

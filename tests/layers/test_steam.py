@@ -91,7 +91,7 @@ def test_roll_equivariance_over_channels():
 def test_gates_range_and_zero_output_vector():
     m = STEAM(16, residual=False)
     x = torch.randn(2, 16, 9, 9)
-    cg, sg = m.attention(x)
+    cg, sg = m.gates(x)
     assert cg.shape == (2, 16, 1, 1) and sg.shape == (2, 1, 9, 9)
     assert ((cg > 0) & (cg < 1)).all() and ((sg > 0) & (sg < 1)).all()
     with torch.no_grad():

@@ -34,7 +34,8 @@ def test_steam_shapes_finite_and_equivariance(n, c, h, w, dtype, heads, order, b
     x = torch.randn(n, c, h, w, dtype=dtype)
     y = m(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
-    cg, sg = m.attention(x)
+    att = m.attention(x)
+    cg, sg = att["channel"], att["spatial"]
     assert ((cg > 0) & (cg < 1)).all() and ((sg > 0) & (sg < 1)).all()
     if graph == "ring" and dtype == torch.float64:
         s = int(torch.randint(0, c, ()).item())
@@ -73,7 +74,7 @@ def test_aw_conv_matches_reference(geom, n, mode, impl, pool, bias):
         m.pw2.bias.normal_(0, 0.5)
     x = torch.randn(n, cin, h, w, dtype=torch.float64)
     y = m(x)
-    a = m.attention(x).expand(n, cout, cin // g, k, k)
+    a = m.attention(x)["kernel"].expand(n, cout, cin // g, k, k)
     ref = torch.cat([F.conv2d(x[i:i + 1], m.weight * (1 + a[i]), m.bias, s, p, d, g) for i in range(n)])
     assert y.shape == ref.shape and torch.isfinite(y).all()
     torch.testing.assert_close(y, ref)

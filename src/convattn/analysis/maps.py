@@ -19,40 +19,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AWConv2d, CBAM, ECA, GCT, SEModule, STEAM
+from ..layers import AttentionModule
 from ..report import atomic_write_text, save_figure
 
 __all__ = ["attention_maps", "attention_statistics", "grad_cam", "save_maps", "load_image", "validation_images"]
 
-_ATTN_TYPES = (SEModule, ECA, GCT, CBAM, STEAM, AWConv2d)
+
+def _entry(attn: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A module's ``attention(x)`` (the contract's keys) in the maps' layout: ``channel`` (N, C), ``spatial``
+    (N, H, W), ``aw`` (the kernel modulation A, (N, ...)); other keys (coord's ``height`` (N, C, H), ``width``
+    (N, C, W)) with their singleton axis dropped."""
+    entry: dict[str, torch.Tensor] = {}
+    for key, v in attn.items():
+        if key == "kernel":
+            entry["aw"] = v
+        elif key == "channel":
+            entry[key] = v[:, :, 0, 0]
+        elif key == "spatial":
+            entry[key] = v[:, 0]
+        else:
+            entry[key] = v.squeeze(3) if v.shape[3] == 1 else v.squeeze(2)
+    return entry
 
 
 @torch.no_grad()
 def _collect_attention(model: nn.Module, x: torch.Tensor) -> dict[str, dict[str, torch.Tensor]]:
-    """Per attention module (by name): its attention on the batch ``x``, keyed ``channel`` (N, C), ``spatial``
-    (N, H, W) and/or ``aw`` (N, ...) (the kernel modulation A)."""
+    """Per attention module (by name): its attention on the batch ``x`` (see ``_entry``)."""
     found: dict[str, dict[str, torch.Tensor]] = {}
     hooks = []
 
     def hook(name: str):
         def fn(mod: nn.Module, inp) -> None:  # before forward: in-place modules (STEAM in a block) change inp
-            a = mod.attention(inp[0])
-            entry: dict[str, torch.Tensor] = {}
-            if isinstance(mod, AWConv2d):
-                entry["aw"] = a
-            elif isinstance(mod, (CBAM, STEAM)):
-                cg, sg = a
-                if cg is not None:
-                    entry["channel"] = cg[:, :, 0, 0]
-                if sg is not None:
-                    entry["spatial"] = sg[:, 0]
-            else:
-                entry["channel"] = a[:, :, 0, 0]
-            found[name] = entry
+            found[name] = _entry(mod.attention(inp[0]))
         return fn
 
     for name, m in model.named_modules():
-        if isinstance(m, _ATTN_TYPES):
+        if isinstance(m, AttentionModule):
             hooks.append(m.register_forward_pre_hook(hook(name)))
     try:
         model.eval()(x)

@@ -16,7 +16,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
-from ..layers import CBAM, STEAM
+from ..layers import AttentionModule
 from ..models import create_model, parse_variant
 from ..models.helpers import LoadReport
 
@@ -36,15 +36,16 @@ def _frozen(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
 
 
 def freeze_attention_norms(model: nn.Module) -> int:
-    """Replace BatchNorm2d inside attention modules by FrozenBatchNorm2d; returns how many were replaced."""
+    """Replace the BatchNorm2d layers that attention modules declare (``attention_norms()``) by FrozenBatchNorm2d;
+    returns how many were replaced."""
     count = 0
-    for m in model.modules():
-        if isinstance(m, (CBAM, STEAM)):
-            for parent in m.modules():
-                for name, child in list(parent.named_children()):
-                    if isinstance(child, nn.BatchNorm2d):
-                        setattr(parent, name, _frozen(child))
-                        count += 1
+    for m in list(model.modules()):
+        if isinstance(m, AttentionModule):
+            for name, child in list(m.attention_norms()):
+                if type(child) is nn.BatchNorm2d:
+                    parent = m.get_submodule(name.rpartition(".")[0]) if "." in name else m
+                    setattr(parent, name.rpartition(".")[2], _frozen(child))
+                    count += 1
     return count
 
 

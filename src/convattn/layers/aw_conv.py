@@ -30,12 +30,13 @@ kernel-sized tensors per layer) until a parameter changes.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contract import AttentionModule
 from .helpers import adaptive_avg_pool2d, check_input, to_2tuple
 
 __all__ = ["AWConv2d", "AW_MODES", "AW_IMPLS"]
@@ -64,7 +65,7 @@ def _numeric_padding(padding: Any, kernel_size: tuple[int, int], stride: tuple[i
     return to_2tuple(padding)
 
 
-class AWConv2d(nn.Conv2d):
+class AWConv2d(nn.Conv2d, AttentionModule):
     """Drop-in ``nn.Conv2d`` whose kernel is modulated per sample: ``K'_n = K * (1 + A_n(X))``.
 
     The static kernel is ``self.weight`` (same key and shape as the replaced conv, so plain weights load
@@ -180,7 +181,14 @@ class AWConv2d(nn.Conv2d):
                 nn.init.normal_(self.pw2.weight, std=1e-3)
                 nn.init.zeros_(self.pw2.bias)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"kernel": self.kernel_attention(x)}
+
+    def attention_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        """The generator (PW1, PW2) only: the kernel ``K`` and the bias are the convolution's own."""
+        return ((n, p) for n, p in self.named_parameters() if n not in ("weight", "bias"))
+
+    def kernel_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Kernel attention A, broadcastable to (N, C_out, C_in/g, kh, kw).
 
         Shapes: (N, C_out, C_in/g, kh, kw) for full modes and outer, (N, C_out, 1, kh, kw) for ``"out"``.
@@ -262,7 +270,7 @@ class AWConv2d(nn.Conv2d):
             if attn is None and self.mode == "full_g" and self.attn_act == "identity":
                 weight = self._full_g_weight(x)
             else:
-                weight = self.modulated_weight(self.attention(x) if attn is None else attn)
+                weight = self.modulated_weight(self.kernel_attention(x) if attn is None else attn)
             if impl == "unfold":
                 y = self._conv_unfold(x, weight)
             elif impl == "loop":

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .contract import AttentionModule
 from .helpers import check_input, get_act_layer, make_divisible
 
 __all__ = ["CBAM", "ChannelGate", "SpatialGate"]
@@ -93,7 +94,7 @@ class SpatialGate(nn.Module):
         return torch.sigmoid(self.bn(self.conv(p)))  # (N, 1, H, W)
 
 
-class CBAM(nn.Module):
+class CBAM(AttentionModule):
     """Channel gate followed by spatial gate: ``Xc = X * Mc(X)``, ``Y = Xc * Ms(Xc)``.
 
     Args:
@@ -134,7 +135,11 @@ class CBAM(nn.Module):
             self.spatial_gate.conv.reset_parameters()
             self.spatial_gate.bn.reset_parameters()
 
-    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        mc, ms = self.gates(x)
+        return {"channel": mc} if ms is None else {"channel": mc, "spatial": ms}
+
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Return ``(channel_gate (N, C, 1, 1), spatial_gate (N, 1, H, W) or None)``."""
         check_input(x, self.channels, type(self).__name__)
         mc = self.channel_gate(x)

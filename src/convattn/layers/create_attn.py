@@ -1,34 +1,60 @@
-"""One factory for every activation-attention module: ``create_attn(name, channels, **kwargs)``.
+"""The attention registry and its factory: ``create_attn(name, channels, **kwargs)``.
 
-Names: ``"se"``, ``"cbam"``, ``"eca"``, ``"ceca"`` (circular ECA), ``"gct"``, ``"steam"``; ``None``, ``""``,
-``"none"`` or ``False`` give no module. Combinations are joined with ``+`` (``"se+eca"``) and build an
-``AttnSequence`` applied left to right. ``"aw"`` is a convolution, not an activation module: models take
-it through ``conv="aw"`` (see ``convattn.models``).
+Each name maps to an :class:`~convattn.layers.contract.AttnSpec`: the constructor and what the module is (its
+kind and default placement). Names: ``"se"``, ``"cbam"``, ``"eca"``, ``"ceca"`` (circular ECA), ``"gct"``,
+``"steam"``, ``"coord"``; ``None``, ``""``, ``"none"`` or ``False`` give no module. Combinations are joined with
+``+`` (``"se+eca"``) and build an ``AttnSequence`` applied left to right. ``"aw"`` is registered too, as a
+convolution replacement (kind ``conv``): models take it through ``conv="aw"``, and ``create_attn`` refuses it.
+
+Adding a module: write its file (a subclass of ``AttentionModule``) and add one ``AttnSpec`` line to
+``_SPECS`` below; models, ``attach``, the optimizer's groups, maps, export and detection then handle it.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 from torch import nn
 
+from .aw_conv import AWConv2d
 from .cbam import CBAM
+from .contract import AttnSpec
+from .coord import CoordAttention
 from .eca import ECA
 from .gct import GCT
 from .se import SEModule
 from .steam import STEAM
 
-__all__ = ["create_attn", "get_attn", "list_attn", "AttnSequence"]
+__all__ = ["create_attn", "get_attn", "get_attn_spec", "list_attn", "register_attn", "AttnSequence"]
 
-_ATTN_REGISTRY: dict[str, Callable[..., nn.Module]] = {
-    "se": SEModule,
-    "cbam": CBAM,
-    "eca": ECA,
-    "ceca": functools.partial(ECA, padding="circular"),
-    "gct": GCT,
-    "steam": STEAM,
-}
+_SPECS: tuple[AttnSpec, ...] = (
+    AttnSpec("se", SEModule, paper="Hu, Shen, Sun, CVPR 2018"),
+    AttnSpec("cbam", CBAM, paper="Woo, Park, Lee, Kweon, ECCV 2018"),
+    AttnSpec("eca", ECA, paper="Wang et al., CVPR 2020"),
+    AttnSpec("ceca", ECA, paper="Wang et al., CVPR 2020 (circular padding)", defaults={"padding": "circular"}),
+    AttnSpec("gct", GCT, kind="pre_conv", paper="Yang, Zhu, Wu, Yang, CVPR 2020"),
+    AttnSpec("steam", STEAM, placement="stage_ends", inplace_ok=True, paper="Sabharwal et al., 2024"),
+    AttnSpec("coord", CoordAttention, paper="Hou, Zhou, Feng, CVPR 2021"),
+    AttnSpec("aw", AWConv2d, kind="conv", paper="Zhu, Hofstee, Lee, Al-Ars, ICANN 2021"),
+)
+_REGISTRY: dict[str, AttnSpec] = {s.name: s for s in _SPECS}
 _NONE_NAMES = ("", "none")
+
+
+def register_attn(spec: AttnSpec) -> AttnSpec:
+    """Add a module to the registry (an error if the name is taken)."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"attention {spec.name!r} is already registered")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_attn_spec(name: str) -> AttnSpec:
+    """The registry entry of one name; a clear error listing the valid names."""
+    key = name.strip().lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"Unknown attention '{name}'. Valid names: {', '.join(list_attn())} "
+                         "(join several with '+', or None for no attention)")
+    return _REGISTRY[key]
 
 
 class AttnSequence(nn.Sequential):
@@ -39,21 +65,18 @@ class AttnSequence(nn.Sequential):
             m.reset_attention_parameters()
 
 
-def list_attn() -> list[str]:
-    """Registered attention names."""
-    return sorted(_ATTN_REGISTRY)
+def list_attn(kind: str | None = None) -> list[str]:
+    """Registered names, optionally of one kind (``output``, ``pre_conv``, ``conv``)."""
+    return sorted(n for n, s in _REGISTRY.items() if kind is None or s.kind == kind)
 
 
 def split_attn_name(name: str) -> list[str]:
-    """``"se+eca"`` -> ``["se", "eca"]``; validates each part."""
+    """``"se+eca"`` -> ``["se", "eca"]``; validates each part (activation attention only)."""
     parts = [p.strip().lower() for p in name.split("+")]
     for p in parts:
-        if p == "aw":
-            raise ValueError("'aw' is a convolution, not an activation attention: build models with conv='aw' "
-                             "(or a variant string such as 'se+aw' in create_model/compare)")
-        if p not in _ATTN_REGISTRY:
-            raise ValueError(f"Unknown attention '{p}'. Valid names: {', '.join(list_attn())} "
-                             "(join several with '+', or None for no attention)")
+        if get_attn_spec(p).kind == "conv":
+            raise ValueError(f"'{p}' is a convolution, not an activation attention: build models with conv='{p}' "
+                             f"(or a variant string such as 'se+{p}' in create_model/compare)")
     return parts
 
 
@@ -64,11 +87,10 @@ def get_attn(attn_type: str | type[nn.Module] | Callable[..., nn.Module] | bool 
     if isinstance(attn_type, str):
         if attn_type.strip().lower() in _NONE_NAMES:
             return None
-        parts = split_attn_name(attn_type)
-        if len(parts) == 1:
-            return _ATTN_REGISTRY[parts[0]]
-        ctors = [_ATTN_REGISTRY[p] for p in parts]
-        return lambda channels, **kw: AttnSequence(*[c(channels, **kw) for c in ctors])
+        specs = [_REGISTRY[p] for p in split_attn_name(attn_type)]
+        if len(specs) == 1:
+            return specs[0].ctor if not specs[0].defaults else specs[0].build
+        return lambda channels, **kw: AttnSequence(*[s.build(channels, **kw) for s in specs])
     if attn_type is True:
         return SEModule
     if callable(attn_type):

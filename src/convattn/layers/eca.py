@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contract import AttentionModule
 from .helpers import check_input
 
 __all__ = ["ECA", "eca_kernel_size"]
@@ -29,7 +30,7 @@ def eca_kernel_size(channels: int, gamma: float = 2, beta: float = 1, min_kernel
     return max(k, min_kernel)
 
 
-class ECA(nn.Module):
+class ECA(AttentionModule):
     """Efficient channel attention: ``Y = X * sigmoid(conv1d_k(GAP(X)))``.
 
     Args:
@@ -66,7 +67,10 @@ class ECA(nn.Module):
     def reset_attention_parameters(self) -> None:
         self.conv.reset_parameters()
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"channel": self.gate_values(x)}
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """Channel gate of shape (N, C, 1, 1) in (0, 1)."""
         check_input(x, self.channels, type(self).__name__)
         y = x.mean((2, 3)).unsqueeze(1)  # (N, 1, C)
@@ -77,7 +81,7 @@ class ECA(nn.Module):
         return torch.sigmoid(y).transpose(1, 2).unsqueeze(-1)  # (N, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
+        return x * self.gate_values(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, padding={self.padding!r}"

@@ -15,12 +15,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .contract import AttentionModule
 from .helpers import check_input, upcast
 
 __all__ = ["GCT"]
 
 
-class GCT(nn.Module):
+class GCT(AttentionModule):
     """Gated channel transformation, applied in front of a convolution.
 
     Args:
@@ -68,7 +69,10 @@ class GCT(nn.Module):
         """Names of parameters to exclude from weight decay."""
         return set(self._no_decay)
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"channel": self.gate_values(x)}
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """Gate ``1 + tanh(...)`` of shape (N, C, 1, 1), values in (0, 2)."""
         check_input(x, self.channels, type(self).__name__)
         xf = upcast(x)
@@ -83,7 +87,7 @@ class GCT(nn.Module):
         return (1.0 + torch.tanh(s * norm + beta)).to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
+        return x * self.gate_values(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, mode={self.mode!r}"

@@ -15,12 +15,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .contract import AttentionModule
 from .helpers import check_input, get_act_layer, make_divisible
 
 __all__ = ["SEModule"]
 
 
-class SEModule(nn.Module):
+class SEModule(AttentionModule):
     """Squeeze-and-Excitation channel gate: ``Y = X * sigmoid(W2 relu(W1 GAP(X)))``.
 
     Args:
@@ -61,14 +62,17 @@ class SEModule(nn.Module):
         self.fc1.reset_parameters()
         self.fc2.reset_parameters()
 
-    def attention(self, x: torch.Tensor) -> torch.Tensor:
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"channel": self.gate_values(x)}
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
         """Channel gate of shape (N, C, 1, 1), values in (0, 1) for the sigmoid gate."""
         check_input(x, self.channels, type(self).__name__)
         s = x.mean((2, 3), keepdim=True)  # (N, C, 1, 1)
         return self.gate(self.fc2(self.act(self.fc1(s))))  # (N, C, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.attention(x)
+        return x * self.gate_values(x)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, rd_channels={self.rd_channels}"

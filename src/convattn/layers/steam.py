@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .contract import AttentionModule
 from .eca import eca_kernel_size
 from .helpers import adaptive_avg_pool2d, check_input, to_2tuple, upcast
 
@@ -79,7 +80,7 @@ def _grid_offsets(window: int, neighbourhood: str) -> list[tuple[int, int]]:
     return offs
 
 
-class STEAM(nn.Module):
+class STEAM(AttentionModule):
     """Channel (CIA) then spatial (SIA) graph attention with Output Guided Pooling; 8 * d parameters.
 
     Args:
@@ -240,7 +241,11 @@ class STEAM(nn.Module):
         u = self.sia(z, nb, valid)  # (N, M)
         return u.reshape(n, 1, ho, wo)
 
-    def attention(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        cg, sg = self.gates(x)
+        return {k: v for k, v in (("channel", cg), ("spatial", sg)) if v is not None}
+
+    def gates(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Return ``(channel_gate (N, C, 1, 1) or None, spatial_gate (N, 1, H, W) or None)``."""
         check_input(x, self.channels, type(self).__name__)
         cg = None

@@ -7,6 +7,8 @@ from typing import Any, Callable
 from torch import nn
 
 from ..layers.create_attn import split_attn_name
+from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name, load_state_file
+from .helpers import load_pretrained
 from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = ["create_model", "list_models", "register_model", "parse_variant", "variant_name", "DEFAULT_VARIANTS"]
@@ -68,23 +70,32 @@ def create_model(name: str, variant: str | None = None, pretrained: bool = False
     """Build a registered model.
 
     Args:
-        name: Model name from ``list_models()`` (e.g. ``"resnet50"``, ``"resnet20"``).
+        name: Model name from ``list_models()`` (e.g. ``"resnet50"``, ``"resnet20"``), or a timm/torchvision CNN
+            as ``"timm:<name>"`` / ``"torchvision:<name>"`` with the modules attached by ``convattn.attach``.
         variant: Optional variant string (``"se+aw"``, ``"steam@all"``), merged into kwargs.
         pretrained: Must be False: convattn never downloads weights. Load a local state dict with
             ``convattn.models.load_pretrained`` instead.
-        **kwargs: Model options (``attn``, ``conv``, ``num_classes``, ``in_chans``, ...).
+        **kwargs: Model options (``attn``, ``conv``, ``num_classes``, ``in_chans``, ``attn_kwargs``,
+            ``conv_kwargs``, ``pretrained_path`` (a local state dict of the plain network), ...).
     """
     if pretrained:
-        raise ValueError("convattn does not download weights; build with pretrained=False and load a local "
-                         "state dict with convattn.models.load_pretrained(model, torch.load(path, weights_only=True))")
-    if name not in _MODELS:
-        raise ValueError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}")
+        raise ValueError("convattn does not download weights; build with pretrained=False and pass a local state "
+                         "dict: create_model(..., pretrained_path='weights.pth') (or convattn.models.load_pretrained)")
+    if not is_backbone_name(name) and name not in _MODELS:
+        raise ValueError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}, or a timm/torchvision "
+                         f"CNN as 'timm:<name>' / 'torchvision:<name>' (verified: {', '.join(VERIFIED_BACKBONES)})")
     if variant is not None:
         for k, v in parse_variant(variant).items():
             if k in kwargs and kwargs[k] not in (None, v):
                 raise ValueError(f"variant {variant!r} sets {k}={v!r} but {k}={kwargs[k]!r} was also given")
             kwargs[k] = v
-    return _MODELS[name](**kwargs)
+    if is_backbone_name(name):
+        return create_backbone(name, **kwargs)
+    path = kwargs.pop("pretrained_path", None)
+    model = _MODELS[name](**kwargs)
+    if path:
+        model.pretrained_report = load_pretrained(model, load_state_file(path))
+    return model
 
 
 def _imagenet(block: type[nn.Module], layers: tuple[int, ...]) -> Callable[..., nn.Module]:

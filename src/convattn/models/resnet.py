@@ -6,7 +6,7 @@ attention variants non-strictly (``convattn.models.load_pretrained`` reports the
 ResNets follow He et al. 2016, section 4.2: a 3x3 stem with 16 channels, three stages of 16/32/64 channels
 with n basic blocks each (depth 6n + 2) and parameter-free "option A" shortcuts (zero-padded identity).
 
-Placement (specs/modules.md): block-output attention (SE, CBAM, ECA, STEAM) sits after the last BN of the
+Placement (the registry's ``kind`` of each module, see ``convattn.layers.contract``): block-output attention (SE, CBAM, ECA, STEAM) sits after the last BN of the
 residual branch, before the shortcut addition, stored as ``block.attn``; GCT sits in front of every
 convolution (stem, block convs, downsample conv), stored as ``gct_stem``/``block.gct1..3``/``block.gct_ds``
 so torchvision keys stay unchanged; ``conv="aw"`` replaces the 3x3 convs of the residual blocks by
@@ -20,14 +20,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import AWConv2d, GCT, create_attn
-from ..layers.create_attn import split_attn_name
+from ..layers import AWConv2d, create_attn
+from ..layers.contract import resolve_placement
+from ..layers.create_attn import get_attn_spec, split_attn_name
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "PadShortcut", "STEAM_DEFAULT_BLOCKS"]
 
-# STEAM's paper-like default (specs/modules.md 7.7): last block of every stage, plus the second-to-last of
-# the third stage (5 units in a 4-stage ResNet). The 3-stage CIFAR nets use one unit per stage plus the
-# second-to-last block of the middle stage (4 units).
+# STEAM's paper-like default, the registry's "stage_ends" rule spelled out for these layouts: last block of every
+# stage, plus the second-to-last of the third stage (5 units in a 4-stage ResNet). The 3-stage CIFAR nets use one
+# unit per stage plus the second-to-last block of the middle stage (4 units).
 STEAM_DEFAULT_BLOCKS = {4: {1: [-1], 2: [-1], 3: [-1, -2], 4: [-1]}, 3: {1: [-1], 2: [-1, -2], 3: [-1]}}
 
 ConvFactory = Callable[..., nn.Module]
@@ -265,17 +266,21 @@ class ResNet(nn.Module):
         self.conv_name = "aw" if conv == "aw" else None
         self.groups, self.base_width = groups, width_per_group
 
-        # split GCT (before convolutions) from block-output attention
+        # split pre-convolution modules (GCT) from block-output attention, by their registered kind
         parts = split_attn_name(attn) if isinstance(attn, str) and attn.strip().lower() not in ("", "none") else []
-        use_gct = "gct" in parts
-        out_parts = [p for p in parts if p != "gct"]
+        pre_parts = [p for p in parts if get_attn_spec(p).kind == "pre_conv"]
+        if len(pre_parts) > 1:
+            raise ValueError(f"at most one pre-convolution attention per model, got {'+'.join(pre_parts)}")
+        out_parts = [p for p in parts if p not in pre_parts]
         out_attn: Any = "+".join(out_parts) if isinstance(attn, str) or attn is None else attn
         if not isinstance(attn, str) and attn is not None:
             out_parts = ["custom"]
         num_stages = len(layers)
-        if attn_blocks is None and out_parts == ["steam"]:
-            attn_blocks = STEAM_DEFAULT_BLOCKS[num_stages]
-        placed = _resolve_blocks(attn_blocks, layers)
+        out_spec = get_attn_spec(out_parts[0]) if len(out_parts) == 1 and out_parts != ["custom"] else None
+        if attn_blocks is None and out_spec is not None:
+            placed = resolve_placement(out_spec.placement)(list(layers))
+        else:
+            placed = _resolve_blocks(attn_blocks, layers)
         self.attn_blocks = sorted(placed)
 
         aw_kwargs = dict(conv_kwargs or {})
@@ -290,10 +295,10 @@ class ResNet(nn.Module):
         gct_kwargs = attn_kwargs if not out_parts else {}  # with other modules, GCT keeps its defaults
 
         def gct_factory(stage: int) -> Callable[[int], nn.Module] | None:
-            if not use_gct:
+            if not pre_parts:
                 return None
             kw = _stage_kwargs(gct_kwargs, stage, num_stages)
-            return lambda c: GCT(c, **kw)
+            return lambda c: create_attn(pre_parts[0], c, **kw)
 
         stem_width = widths[0]
         self.inplanes = stem_width
@@ -322,9 +327,9 @@ class ResNet(nn.Module):
                     downsample = nn.Sequential(
                         nn.Conv2d(self.inplanes, outplanes, 1, stride, bias=False), norm_layer(outplanes))
             kw = _stage_kwargs(attn_kwargs, s, num_stages) if out_parts else {}
-            if out_parts == ["steam"]:
-                if kw.get("ogp_size") == "input/32":
-                    kw["feature_stride"] = feature_stride
+            if kw.get("ogp_size") == "input/32":  # STEAM's OGP grid from the input size
+                kw["feature_stride"] = feature_stride
+            if out_spec is not None and out_spec.inplace_ok:
                 kw.setdefault("inplace", True)  # the block's bn output is a temporary: gate it in place in inference
             gct = gct_factory(s)
             blocks = []

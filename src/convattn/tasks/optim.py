@@ -12,9 +12,9 @@ from typing import Any
 
 from torch import nn
 
-from ..layers import AWConv2d
+from ..layers import AttentionModule
 
-__all__ = ["WD_EXCLUDE_MODES", "attention_parameter_names", "check_attn_lr_mult", "check_wd_exclude", "param_groups"]
+__all__ = ["WD_EXCLUDE_MODES", "attention_parameter_names", "declared_no_weight_decay", "check_attn_lr_mult", "check_wd_exclude", "param_groups"]
 
 WD_EXCLUDE_MODES = ("none", "declared", "norm_bias")
 
@@ -36,16 +36,23 @@ def check_attn_lr_mult(mult: Any) -> float:
 def attention_parameter_names(model: nn.Module) -> set[str]:
     """Full names of the parameters that belong to attention.
 
-    Every parameter of a module that owns attention parameters (SE, CBAM, ECA, GCT, STEAM, a sequence of them: the
-    modules with ``reset_attention_parameters``), and of AW-convolution only the generator (PW1, PW2), not the
-    kernel ``K`` or the convolution bias.
+    What each ``AttentionModule`` declares in ``attention_parameters()``: every parameter of SE, CBAM, ECA, GCT,
+    STEAM and coord, and of AW-convolution only the generator (PW1, PW2), not the kernel ``K`` or the conv bias.
     """
     names: set[str] = set()
     for prefix, m in model.named_modules():
-        if not hasattr(m, "reset_attention_parameters"):
-            continue
-        own = {"weight", "bias"} if isinstance(m, AWConv2d) else set()
-        names |= {f"{prefix}.{n}" if prefix else n for n, _ in m.named_parameters() if n not in own}
+        if isinstance(m, AttentionModule):  # each module declares its own (AW: the generator, not the kernel)
+            names |= {f"{prefix}.{n}" if prefix else n for n, _ in m.attention_parameters()}
+    return names
+
+
+def declared_no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that attention modules keep out of weight decay (``no_weight_decay()`` of each
+    ``AttentionModule``, e.g. GCT's beta), plus what the model itself declares (timm's convention)."""
+    names = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
+    for prefix, m in model.named_modules():
+        if m is not model and isinstance(m, AttentionModule):
+            names |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
     return names
 
 
@@ -63,7 +70,7 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, wd_exclude: s
     """
     check_wd_exclude(wd_exclude)
     attn_lr_mult = check_attn_lr_mult(attn_lr_mult)
-    declared = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    declared = declared_no_weight_decay(model)
     attention = attention_parameter_names(model) if attn_lr_mult != 1 else set()
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (is attention, no decay) -> parameters
     for name, p in model.named_parameters():
