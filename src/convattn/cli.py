@@ -38,9 +38,11 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 def _run_profile(args: argparse.Namespace) -> int:
     from .models import DEFAULT_VARIANTS, list_models
     from .profile import ProfileConfig, profile, show_profile, write_profile
+    from .models.backbones import is_backbone_name
     for m in args.models:
-        if m not in list_models():
-            raise ValueError(f"Unknown model '{m}'. Valid names: {', '.join(list_models())}")
+        if m not in list_models() and not is_backbone_name(m):
+            raise ValueError(f"Unknown model '{m}'. Valid names: {', '.join(list_models())}, or 'timm:<name>' / "
+                             "'torchvision:<name>'")
     cfg = ProfileConfig(models=args.models, variants=args.variants or list(DEFAULT_VARIANTS),
                         input_size=args.input_size, batch_size=args.batch_size, device=args.device,
                         threads=args.threads, warmup=args.warmup, repeats=args.repeats,
@@ -70,6 +72,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_export)
 
 
+def _file_stem(model: str, variant: str) -> str:
+    """``timm:mobilenetv3_large_100`` + ``se+aw`` -> ``timm_mobilenetv3_large_100_se_aw`` (safe as a file name)."""
+    from .report import safe_name
+    return safe_name(f"{model}_{variant}")
+
+
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
@@ -81,12 +89,12 @@ def _run_export(args: argparse.Namespace) -> int:
     if args.run:
         from .tasks.classification import load_run
         cfg, info, model = load_run(args.run, use_ema=args.ema)
-        name, in_chans, size = f"{cfg.model}_{cfg.variant.replace('+', '_')}", info["in_chans"], info["image_size"]
+        name, in_chans, size = _file_stem(cfg.model, cfg.variant), info["in_chans"], info["image_size"]
     else:
         from .models import create_model, parse_variant
         model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans,
                              **parse_variant(args.variant)).eval()
-        name, in_chans = f"{args.model}_{args.variant.replace('+', '_')}", args.in_chans
+        name, in_chans = _file_stem(args.model, args.variant), args.in_chans
         size = 32 if getattr(model, "stem", "") == "cifar" else 224
     size = args.input_size or size
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
@@ -120,6 +128,7 @@ def _run_maps(args: argparse.Namespace) -> int:
 
     from .analysis.maps import attention_statistics, load_image, save_maps, save_statistics, validation_images
     from .data import list_image_files
+    from .report import safe_name
     from .tasks.classification import load_run
     if args.stats is not None and args.stats < 2:
         raise ValueError(f"--stats needs at least 2 images, got {args.stats}")
@@ -135,7 +144,7 @@ def _run_maps(args: argparse.Namespace) -> int:
     items = []  # (name, tensor, display, label)
     for f in list_image_files(args.image):
         x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])
-        items.append((f.stem, x, disp, None))
+        items.append((safe_name(f.stem, "image"), x, disp, None))
     if args.index is not None or not items:
         items += validation_images(cfg, info, [int(i) for i in (args.index or "0").split(",")])
     for name, x, disp, label in items:

@@ -11,6 +11,14 @@ from typing import Any, Sequence
 __all__ = ["atomic_write_text", "write_csv", "to_markdown", "print_table", "fmt", "save_figure"]
 
 
+def safe_name(name: str, fallback: str = "item") -> str:
+    """``name`` as one safe path component: letters, digits, ``-``, ``_`` and ``.`` kept, anything else ``_``;
+    names made only of dots (``..``) or empty become ``fallback``. Outputs named from user files stay in their
+    folder."""
+    s = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return s if s.strip(".") else fallback
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename: readers never see half a file."""
     path = Path(path)
@@ -82,9 +90,15 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=dpi)
-    plt.close(fig)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.png")
+    os.close(fd)
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=dpi)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
     return path

@@ -89,11 +89,17 @@ def attention_statistics(model: nn.Module, x: torch.Tensor) -> list[dict[str, An
 
 
 def _last_stage(model: nn.Module) -> nn.Module:
+    """The ResNet's last non-empty stage; in other CNNs the last residual block ``attach`` recognises."""
     for name in ("layer4", "layer3"):
         stage = getattr(model, name, None)
         if isinstance(stage, nn.Sequential) and len(stage) > 0:
             return stage
-    raise ValueError("Grad-CAM needs a ResNet with layer3/layer4 stages")
+    from ..models.attach import find_blocks
+    blocks = find_blocks(model)
+    if blocks:
+        return blocks[-1].module
+    raise ValueError(f"Grad-CAM needs a ResNet (layer3/layer4) or a CNN of blocks attach recognises; "
+                     f"{type(model).__name__} has neither")
 
 
 def grad_cam(model: nn.Module, x: torch.Tensor, target: int | None = None) -> tuple[torch.Tensor, int, torch.Tensor]:
@@ -125,13 +131,10 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target: int | None = None) -> tu
 
 def load_image(path: str | os.PathLike, in_chans: int, size: int, mean, std) -> tuple[torch.Tensor, np.ndarray]:
     """(normalised tensor (1, C, size, size), display image) from an image file; ValueError if unreadable."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        img = Image.open(path)
-        img.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
-    img = img.convert("L" if in_chans == 1 else "RGB")
+    from PIL import Image
+
+    from ..data.loaders import open_image
+    img = open_image(path, "L" if in_chans == 1 else "RGB")
     w, h = img.size  # resize the short side, centre crop
     s = size / min(w, h)
     img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BILINEAR)

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-__all__ = ["TensorLoader", "FolderLoader", "epoch_generator"]
+__all__ = ["TensorLoader", "FolderLoader", "epoch_generator", "open_image"]
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
@@ -108,24 +108,72 @@ class TensorLoader(_EpochLoader):
             yield (x - self.mean) / self.std, yb
 
 
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def open_image(path: str | os.PathLike, mode: str = "RGB"):
+    """A PIL image in ``mode`` (``"RGB"`` or ``"L"``); 16-bit and 32-bit grey images are scaled to 8 bits by their
+    bit depth instead of being clipped (PIL's own convert clips them at 255, turning them white). Oversized images
+    (PIL's decompression-bomb limit) and unreadable files raise a ValueError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            img.load()
+    except Image.DecompressionBombError as e:
+        raise ValueError(f"image {path} is too large to read safely ({e}); limit: Image.MAX_IMAGE_PIXELS = "
+                         f"{Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (OSError, UnidentifiedImageError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e} (remove or replace the file)") from e
+    if img.mode in _WIDE_MODES:
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
+        img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    return img.convert(mode)
+
+
+def _walk_once(root: str) -> list[tuple[str, list[str]]]:
+    """(folder, files) under ``root``, following folder links but visiting each real folder once (a link loop
+    would otherwise list the same images again at every level)."""
+    seen: set[str] = set()
+    out = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        out.append((folder, sorted(files)))
+    return out
+
+
 class _CheckedImageFolder:
-    """torchvision ImageFolder whose loader names the file it could not read."""
+    """torchvision ImageFolder that names the file it could not read, scales 16-bit images correctly and lists
+    each real folder once (symlink loops)."""
 
     def __new__(cls, root: Path, transform):
-        from PIL import Image, UnidentifiedImageError
         from torchvision.datasets import ImageFolder
+        from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        def loader(path: str):
-            try:
-                with open(path, "rb") as f:
-                    img = Image.open(f)
-                    img.load()
-                    return img.convert("RGB")
-            except (OSError, UnidentifiedImageError, SyntaxError) as e:
-                raise ValueError(f"cannot read image {path}: {e} (remove or replace the file)") from e
+        class _Folder(ImageFolder):
+            @staticmethod
+            def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
+                exts = tuple(extensions or IMG_EXTENSIONS)
+                samples = []
+                for name in sorted(class_to_idx):
+                    for folder, files in _walk_once(os.path.join(directory, name)):
+                        samples += [(os.path.join(folder, f), class_to_idx[name]) for f in files
+                                    if f.lower().endswith(exts) and (is_valid_file is None or is_valid_file(f))]
+                if not samples and not allow_empty:
+                    raise FileNotFoundError(f"no image files ({', '.join(exts)}) under {directory}")
+                return samples
 
         try:
-            return ImageFolder(str(root), transform=transform, loader=loader)
+            return _Folder(str(root), transform=transform, loader=open_image)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{root}: {e}. Expected one sub-folder per class holding images") from e
 

@@ -1,4 +1,5 @@
-"""Any convattn ResNet (any ``attn``/``conv`` variant) as a torchvision FPN backbone.
+"""Any convattn ResNet (any ``attn``/``conv`` variant), or a timm/torchvision CNN with convattn modules attached
+(``"timm:<name>"``, ``"torchvision:<name>"``), as a torchvision FPN backbone.
 
 The route is torchvision's ``BackboneWithFPN``: ``IntermediateLayerGetter`` over ``layer1..layer4`` plus a
 ``FeaturePyramidNetwork``. Batch norm is frozen by default (``FrozenBatchNorm2d``, as torchvision and
@@ -6,11 +7,17 @@ mmdetection do for detection). Norms inside attention modules (CBAM's spatial-ga
 and are frozen too, unless ``attn_norm_trainable=True`` keeps them as trainable ``BatchNorm2d``; attention
 parameters themselves train whenever their stage is trainable. AWConv2d works per sample, so any batch size and
 image size the detector's transform produces is fine.
+
+Other CNNs (:func:`cnn_fpn_backbone`): the FPN takes the output of the last block of each of the last four stages
+(output strides 4, 8, 16, 32 in the usual CNNs), found from the blocks ``attach`` recognises and one dry forward
+pass, so channel counts are never written down. The body's BatchNorms are frozen before the modules are attached.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
@@ -18,9 +25,11 @@ from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxP
 
 from ..layers import AttentionModule
 from ..models import create_model, parse_variant
+from ..models.attach import attach, stage_blocks
+from ..models.backbones import create_backbone, is_backbone_name
 from ..models.helpers import LoadReport
 
-__all__ = ["resnet_fpn_backbone", "freeze_attention_norms", "DETECTION_BACKBONES"]
+__all__ = ["resnet_fpn_backbone", "cnn_fpn_backbone", "fpn_backbone", "freeze_attention_norms", "DETECTION_BACKBONES"]
 
 DETECTION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
@@ -72,8 +81,8 @@ def resnet_fpn_backbone(
         attn_norm_trainable: Keep BatchNorm2d inside attention modules trainable when ``frozen_bn``.
     """
     if name not in DETECTION_BACKBONES:
-        raise ValueError(f"detection backbones must be ImageNet-layout ResNets: {', '.join(DETECTION_BACKBONES)}; "
-                         f"got {name!r}")
+        raise ValueError(f"detection backbones are the ImageNet-layout ResNets ({', '.join(DETECTION_BACKBONES)}) "
+                         f"or a timm/torchvision CNN as 'timm:<name>' / 'torchvision:<name>'; got {name!r}")
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
     returned_layers = returned_layers or [1, 2, 3, 4]
@@ -101,3 +110,107 @@ def load_backbone_weights(backbone: BackboneWithFPN, state_dict: dict) -> LoadRe
     from ..models.helpers import load_pretrained
     sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     return load_pretrained(backbone.body, sd)
+
+
+class _Stop(Exception):
+    """Raised by the last stage hook: the rest of the network (head) is not needed for features."""
+
+
+class StageFeatures(nn.Module):
+    """The outputs of named blocks of ``body`` (an ``OrderedDict`` as torchvision's ``IntermediateLayerGetter``),
+    computed by running ``body`` and stopping after the last of them."""
+
+    def __init__(self, body: nn.Module, block_names: list[str]) -> None:
+        super().__init__()
+        self.body = body
+        self.block_names = list(block_names)
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        store: dict[str, torch.Tensor] = {}
+        last = len(self.block_names) - 1
+
+        def hook(i: int):
+            def fn(mod: nn.Module, inp: Any, out: torch.Tensor) -> None:
+                store[str(i)] = out
+                if i == last:
+                    raise _Stop
+            return fn
+
+        handles = [self.body.get_submodule(n).register_forward_hook(hook(i)) for i, n in enumerate(self.block_names)]
+        try:
+            self.body(x)
+        except _Stop:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        return OrderedDict((str(i), store[str(i)]) for i in range(len(self.block_names)))
+
+
+class _CNNWithFPN(nn.Module):
+    def __init__(self, features: StageFeatures, in_channels_list: list[int], out_channels: int,
+                 extra_blocks: ExtraFPNBlock) -> None:
+        super().__init__()
+        from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork
+        self.body = features
+        self.fpn = FeaturePyramidNetwork(in_channels_list, out_channels, extra_blocks=extra_blocks)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        return self.fpn(self.body(x))
+
+
+def cnn_fpn_backbone(
+        name: str,
+        variant: str | None = None,
+        trainable_layers: int = 3,
+        returned_layers: list[int] | None = None,
+        extra_blocks: ExtraFPNBlock | None = None,
+        frozen_bn: bool = True,
+        attn_norm_trainable: bool = False,
+        out_channels: int = 256,
+        **model_kwargs: Any,
+) -> nn.Module:
+    """A ``"timm:<name>"`` / ``"torchvision:<name>"`` CNN with the variant's modules attached, as an FPN backbone.
+
+    Stages are those of ``attach`` (blocks grouped by output stride); the FPN reads the last four
+    (``returned_layers`` picks among them, 1-4 as for ResNets). ``trainable_layers`` counts those stages from the
+    deepest; 5 also trains everything before them (stem, earlier stages).
+    """
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
+    returned_layers = returned_layers or [1, 2, 3, 4]
+    if min(returned_layers) < 1 or max(returned_layers) > 4:
+        raise ValueError(f"returned_layers must be within [1, 4], got {returned_layers}")
+    parsed = parse_variant(variant) if variant is not None else {"attn": model_kwargs.pop("attn", None),
+                                                                   "conv": model_kwargs.pop("conv", None)}
+    attn_kwargs, conv_kwargs = model_kwargs.pop("attn_kwargs", None), model_kwargs.pop("conv_kwargs", None)
+    model_kwargs.setdefault("num_classes", 0)
+    body = create_backbone(name, **model_kwargs)  # plain: norms are frozen before attention is attached
+    if frozen_bn:
+        from timm.layers import freeze_batch_norm_2d
+        body = freeze_batch_norm_2d(body)
+    blocks, counts = stage_blocks(body)
+    if len(counts) < 4:
+        raise ValueError(f"{name}: the FPN needs 4 stages of blocks, found {len(counts)} ({counts} blocks)")
+    first = len(counts) - 4  # the last four stages feed the FPN
+    ends = {b.stage - first + 1: b for b in blocks if b.stage >= first and b.index == counts[b.stage] - 1}
+    trainable = {s for s in range(1, 5) if s > 4 - trainable_layers}
+    if parsed.get("attn") or parsed.get("conv"):
+        attach(body, parsed["attn"], parsed.get("conv"), where=parsed.get("attn_blocks"), attn_kwargs=attn_kwargs,
+               conv_kwargs=conv_kwargs)
+        if frozen_bn and not attn_norm_trainable:
+            freeze_attention_norms(body)
+    stage_of = {b.name: b.stage - first + 1 for b in blocks}
+    for pname, p in body.named_parameters():
+        block = next((n for n in stage_of if pname.startswith(n + ".")), None)
+        keep = stage_of[block] in trainable if block is not None and stage_of[block] >= 1 else trainable_layers == 5
+        p.requires_grad_(keep)
+    features = StageFeatures(body, [ends[s].name for s in returned_layers])
+    return _CNNWithFPN(features, [ends[s].channels for s in returned_layers], out_channels,
+                       extra_blocks or LastLevelMaxPool())
+
+
+def fpn_backbone(name: str, *args: Any, **kwargs: Any) -> nn.Module:
+    """:func:`resnet_fpn_backbone` for convattn's ResNets, :func:`cnn_fpn_backbone` for timm/torchvision names."""
+    return (cnn_fpn_backbone if is_backbone_name(name) else resnet_fpn_backbone)(name, *args, **kwargs)

@@ -9,6 +9,7 @@ It is written in COCO format (``annotations/instances_{train,val}.json``, images
 from __future__ import annotations
 
 import json
+import math
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -128,12 +129,30 @@ def embedded_detection_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return make_synthetic_coco(Path(cache_dir or default_cache_dir()) / f"fashion-det-v{EMBEDDED_VERSION}")
 
 
-def _validate_coco(d: Any, ann_file: Path, img_dir: Path) -> None:
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _inside(root: Path, name: Any, ann_file: Path, allow_outside: bool) -> Path:
+    """``root / name``, refused when ``name`` is not a relative path that stays inside ``root``."""
+    if not isinstance(name, str) or not name:
+        raise AnnotationError(f"{ann_file}: file_name must be a non-empty string, got {name!r}")
+    path = root / name
+    if not allow_outside and (Path(name).is_absolute() or not path.resolve().is_relative_to(root.resolve())):
+        raise AnnotationError(f"{ann_file}: file_name {name!r} points outside the image folder {root} (pass "
+                              "allow_outside=True to read images elsewhere)")
+    return path
+
+
+def _validate_coco(d: Any, ann_file: Path, img_dir: Path, allow_outside: bool = False) -> None:
     if not isinstance(d, dict):
         raise AnnotationError(f"{ann_file}: expected a JSON object with images, annotations, categories")
     for key in ("images", "annotations", "categories"):
         if key not in d or not isinstance(d[key], list):
             raise AnnotationError(f"{ann_file}: missing or malformed '{key}' list")
+        bad = next((e for e in d[key] if not isinstance(e, dict)), None)
+        if bad is not None:
+            raise AnnotationError(f"{ann_file}: every entry of '{key}' must be an object, got {bad!r}")
     cats = set()
     for c in d["categories"]:
         if "id" not in c or "name" not in c:
@@ -144,7 +163,10 @@ def _validate_coco(d: Any, ann_file: Path, img_dir: Path) -> None:
         for k in ("id", "file_name", "width", "height"):
             if k not in im:
                 raise AnnotationError(f"{ann_file}: image entry {im.get('id', im)} lacks '{k}'")
-        if not (img_dir / im["file_name"]).is_file():
+        if not (_number(im["width"]) and _number(im["height"]) and im["width"] > 0 and im["height"] > 0):
+            raise AnnotationError(f"{ann_file}: image id {im['id']} needs positive numeric width/height, got "
+                                  f"{im['width']!r} x {im['height']!r}")
+        if not _inside(img_dir, im["file_name"], ann_file, allow_outside).is_file():
             raise AnnotationError(f"{ann_file}: image id {im['id']} refers to missing file {img_dir / im['file_name']}")
         sizes[im["id"]] = (im["width"], im["height"])
     for a in d["annotations"]:
@@ -156,8 +178,9 @@ def _validate_coco(d: Any, ann_file: Path, img_dir: Path) -> None:
         if a["category_id"] not in cats:
             raise AnnotationError(f"{ann_file}: annotation {a['id']} has unknown category_id {a['category_id']} "
                                   f"(known: {sorted(cats)})")
-        if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4):
-            raise AnnotationError(f"{ann_file}: annotation {a['id']} bbox must be [x, y, w, h], got {a['bbox']}")
+        if not (isinstance(a["bbox"], list) and len(a["bbox"]) == 4 and all(_number(v) for v in a["bbox"])):
+            raise AnnotationError(f"{ann_file}: annotation {a['id']} bbox must be 4 finite numbers [x, y, w, h], "
+                                  f"got {a['bbox']}")
         x, y, w, h = a["bbox"]
         if w <= 0 or h <= 0:
             raise AnnotationError(f"{ann_file}: annotation {a['id']} has a zero-area box {a['bbox']}")
@@ -174,7 +197,8 @@ class CocoDetection(torch.utils.data.Dataset):
     sorted by category id), masks (N, H, W) uint8 when ``masks=True``, image_id.
     """
 
-    def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = False) -> None:
+    def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = False,
+                 allow_outside: bool = False) -> None:
         from pycocotools.coco import COCO
         self.img_dir, self.ann_file = Path(img_dir), Path(ann_file)
         if not self.ann_file.is_file():
@@ -183,7 +207,7 @@ class CocoDetection(torch.utils.data.Dataset):
             d = json.loads(self.ann_file.read_text())
         except json.JSONDecodeError as e:
             raise AnnotationError(f"{self.ann_file} is not valid JSON: {e}") from e
-        _validate_coco(d, self.ann_file, self.img_dir)
+        _validate_coco(d, self.ann_file, self.img_dir, allow_outside)
         self.coco = COCO()
         self.coco.dataset = d
         self.coco.createIndex()
@@ -207,8 +231,11 @@ class CocoDetection(torch.utils.data.Dataset):
         path = self.img_dir / info["file_name"]
         try:
             img = Image.open(path).convert("RGB")
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from e
+        if img.size != (info["width"], info["height"]):  # boxes were checked against the declared size
+            raise AnnotationError(f"{self.ann_file}: image id {img_id} ({path.name}) is {img.size[0]}x{img.size[1]}, "
+                                  f"but its entry declares {info['width']}x{info['height']}")
         anns = [a for a in self.coco.imgToAnns[img_id] if not a.get("iscrowd", 0)]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
                               for a in anns], dtype=torch.float32).reshape(-1, 4)
@@ -248,7 +275,7 @@ class VocDetection(torch.utils.data.Dataset):
         fname = tree.findtext("filename")
         if not fname:
             raise AnnotationError(f"{path}: missing <filename>")
-        img = self.root / "JPEGImages" / fname
+        img = _inside(self.root / "JPEGImages", fname, path, False)
         if not img.is_file():
             raise AnnotationError(f"{path}: image {img} not found")
         w, h = (int(tree.findtext("size/width") or 0), int(tree.findtext("size/height") or 0))
@@ -261,6 +288,8 @@ class VocDetection(torch.utils.data.Dataset):
                 x1, y1, x2, y2 = (float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax"))
             except (TypeError, ValueError) as e:
                 raise AnnotationError(f"{path}: object {k} ({name}) has a malformed <bndbox>") from e
+            if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+                raise AnnotationError(f"{path}: object {k} ({name}) has a non-finite box {[x1, y1, x2, y2]}")
             if x2 <= x1 or y2 <= y1:
                 raise AnnotationError(f"{path}: object {k} ({name}) has a zero-area box {[x1, y1, x2, y2]}")
             if w and h and (x1 < 0 or y1 < 0 or x2 > w + 1 or y2 > h + 1):

@@ -1,6 +1,7 @@
 """Detection training, COCO evaluation (pycocotools) and prediction drawing, with atomic resumable checkpoints."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import os
@@ -14,7 +15,8 @@ import torch
 from torch import nn
 
 from ..report import atomic_write_text, to_markdown, write_csv
-from ..tasks.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from ..tasks.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_weights, run_lock,
+                                save_checkpoint)
 from ..tasks.common import Progress, autocast, seed_all
 from ..tasks.distributed import DistInfo, barrier, distributed_session
 from ..validate import ConfigError, check_values
@@ -166,7 +168,8 @@ def train_detector(cfg: DetectConfig) -> dict[str, Any]:
     """Train (or resume) a detector; evaluates with pycocotools after the last epoch. Returns the summary."""
     cfg = resolve(cfg)
     with distributed_session(cfg.device) as info:
-        return _train(cfg, info)
+        with run_lock(cfg.out) if info.is_main else contextlib.nullcontext():  # one writer per run folder
+            return _train(cfg, info)
 
 
 def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from .backbone import resnet_fpn_backbone
+from .backbone import fpn_backbone
 
 __all__ = ["create_detector", "DETECTORS"]
 
@@ -23,7 +23,7 @@ def create_detector(kind: str, backbone: str = "resnet50", variant: str | None =
 
     Args:
         kind: ``"fasterrcnn"``, ``"maskrcnn"`` or ``"retinanet"``.
-        backbone: ResNet name; ``variant`` selects attention/AW (``"steam"``, ``"aw"``, ``"cbam+aw"``...).
+        backbone: ResNet name, or ``"timm:<name>"`` / ``"torchvision:<name>"``; ``variant`` selects attention/AW (``"steam"``, ``"aw"``, ``"cbam+aw"``...).
         num_classes: Including the background class for the R-CNNs (torchvision convention).
         min_size, max_size: The detector transform's resize (COCO: 800/1333).
     """
@@ -34,10 +34,10 @@ def create_detector(kind: str, backbone: str = "resnet50", variant: str | None =
     bkw = dict(backbone_kwargs or {})
     common = dict(min_size=min_size, max_size=max_size, **detector_kwargs)
     if kind == "retinanet":
-        body = resnet_fpn_backbone(backbone, variant, trainable_layers, [2, 3, 4], LastLevelP6P7(256, 256),
+        body = fpn_backbone(backbone, variant, trainable_layers, [2, 3, 4], LastLevelP6P7(256, 256),
                                    frozen_bn, attn_norm_trainable, **bkw)
         anchors = AnchorGenerator(tuple((x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in (32, 64, 128, 256, 512)),
                                   ((0.5, 1.0, 2.0),) * 5)
         return RetinaNet(body, num_classes, anchor_generator=anchors, **common)
-    body = resnet_fpn_backbone(backbone, variant, trainable_layers, None, None, frozen_bn, attn_norm_trainable, **bkw)
+    body = fpn_backbone(backbone, variant, trainable_layers, None, None, frozen_bn, attn_norm_trainable, **bkw)
     return (FasterRCNN if kind == "fasterrcnn" else MaskRCNN)(body, num_classes, **common)

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import AttentionModule
-from .helpers import adaptive_avg_pool2d, check_input, to_2tuple
+from .helpers import adaptive_avg_pool2d, check_input, is_exporting, to_2tuple
 
 __all__ = ["AWConv2d", "AW_MODES", "AW_IMPLS"]
 
@@ -245,12 +245,14 @@ class AWConv2d(nn.Conv2d, AttentionModule):
 
     def _full_g_factors(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Parameter-only factors ``K (1 + b)`` (or ``K b``) and ``K w``; cached in inference until a parameter changes."""
-        params = (self.weight, self.pw2.weight, self.pw2.bias)
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
-        cacheable = not torch.is_grad_enabled() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-        cached = getattr(self, "_factor_cache", None)
-        if cacheable and cached is not None and cached[0] == key:
-            return cached[1], cached[2]
+        cacheable = not torch.is_grad_enabled() and not is_exporting() and not torch.jit.is_scripting() \
+            and not torch.compiler.is_compiling()
+        key = None
+        if cacheable:  # parameters' storage and version: a changed parameter misses the cache
+            key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in (self.weight, self.pw2.weight, self.pw2.bias))
+            cached = getattr(self, "_factor_cache", None)
+            if cached is not None and cached[0] == key:
+                return cached[1], cached[2]
         ch = self.hidden_channels
         kv = self.weight.reshape(ch, -1, t)  # (C_h, R, T): kernel entries grouped like PW2's output channels
         wv = self.pw2.weight.reshape(ch, -1, 1)  # (C_h, R, 1)
@@ -263,6 +265,8 @@ class AWConv2d(nn.Conv2d, AttentionModule):
     def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
         check_input(x, self.in_channels, type(self).__name__)
+        if not is_exporting() and x.shape[0] == 0:  # an empty batch (grouped convs refuse zero groups)
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         impl = self._auto_impl(x) if self.impl == "auto" else self.impl
         if attn is None and impl == "taps":
             y = self._conv_taps(x)
@@ -288,6 +292,8 @@ class AWConv2d(nn.Conv2d, AttentionModule):
 
     def _auto_impl(self, x: torch.Tensor) -> str:
         """The implementation ``impl="auto"`` uses for this input (see the module docstring)."""
+        if is_exporting():  # no batch-dependent group count in the graph, no shape-dependent choice
+            return "taps" if self.mode == "outer" and self.attn_act == "identity" else "unfold"
         kh, kw = self.kernel_size
         ho, wo = self._out_size(x.shape[-2], x.shape[-1])
         if ho * wo <= 64:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .contract import AttentionModule
-from .helpers import check_input, get_act_layer, make_divisible
+from .helpers import check_input, check_width, get_act_layer, make_divisible
 
 __all__ = ["CBAM", "ChannelGate", "SpatialGate"]
 
@@ -52,6 +52,7 @@ class ChannelGate(nn.Module):
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_width(type(self).__name__, channels, None if rd_channels is not None else rd_ratio)
         dd = {"device": device, "dtype": dtype}
         bad = [p for p in pool_types if p not in _POOL_TYPES]
         if bad or not pool_types:
@@ -121,6 +122,7 @@ class CBAM(AttentionModule):
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_width(type(self).__name__, channels, None if rd_channels is not None else rd_ratio)
         dd = {"device": device, "dtype": dtype}
         self.channels = channels
         self.channel_gate = ChannelGate(

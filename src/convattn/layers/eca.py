@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import AttentionModule
-from .helpers import check_input
+from .helpers import check_input, check_width
 
 __all__ = ["ECA", "eca_kernel_size"]
 
@@ -51,6 +51,7 @@ class ECA(AttentionModule):
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_width(type(self).__name__, channels)
         if kernel_size is None:
             kernel_size = eca_kernel_size(channels, gamma, beta)
         if kernel_size < 1 or kernel_size % 2 != 1:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .contract import AttentionModule
-from .helpers import check_input, upcast
+from .helpers import check_input, check_width, upcast
 
 __all__ = ["GCT"]
 
@@ -43,6 +43,7 @@ class GCT(AttentionModule):
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_width(type(self).__name__, channels)
         dd = {"device": device, "dtype": dtype}
         if mode not in ("l1", "l2"):
             raise ValueError(f"GCT mode must be 'l1' or 'l2', got {mode!r}")

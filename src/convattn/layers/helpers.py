@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["make_divisible", "get_act_layer", "check_input", "to_2tuple", "upcast", "adaptive_avg_pool2d"]
+__all__ = ["make_divisible", "get_act_layer", "check_input", "check_width", "to_2tuple", "upcast", "adaptive_avg_pool2d",
+           "is_exporting"]
 
 
 def make_divisible(v: float, divisor: int = 1, min_value: int | None = None, round_limit: float = 0.0) -> int:
@@ -46,6 +47,23 @@ def get_act_layer(act: str | type[nn.Module] | Callable[[], nn.Module]) -> Calla
         except KeyError:
             raise ValueError(f"Unknown activation '{act}'. Valid names: {', '.join(sorted(_ACT_LAYERS))}") from None
     return act
+
+
+def check_width(name: str, channels: int, rd_ratio: float | None = None) -> None:
+    """A clear error for a module built for fewer than one channel or with a non-positive reduction ratio."""
+    if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"{name} needs channels >= 1 (an int), got {channels!r}")
+    if rd_ratio is not None and not rd_ratio > 0:
+        raise ValueError(f"{name} needs rd_ratio > 0 (hidden width = channels x rd_ratio), got {rd_ratio!r}")
+
+
+def is_exporting() -> bool:
+    """True while a graph is being captured for export: ``torch.jit`` tracing, the TorchScript-based ONNX exporter,
+    or ``torch.export`` (which the default dynamo ONNX exporter uses)."""
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    exporting = getattr(torch.compiler, "is_exporting", None)
+    return bool(exporting is not None and exporting())
 
 
 def check_input(x: torch.Tensor, channels: int | None, name: str) -> None:
@@ -92,7 +110,7 @@ def adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ONNX export of adaptive pooling fails when the input size is not a multiple of the output size
     (pytorch issues 42653, 19954): AW's k x k pooling of 56/28/14/7 maps is such a case.
     """
-    if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
+    if not is_exporting():
         return F.adaptive_avg_pool2d(x, size)
     ph = _pool_matrix(x.shape[-2], size[0], x)  # (kh, H)
     pw = _pool_matrix(x.shape[-1], size[1], x)  # (kw, W)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .contract import AttentionModule
-from .helpers import check_input, get_act_layer, make_divisible
+from .helpers import check_input, check_width, get_act_layer, make_divisible
 
 __all__ = ["SEModule"]
 
@@ -46,8 +46,7 @@ class SEModule(AttentionModule):
     ) -> None:
         super().__init__()
         dd = {"device": device, "dtype": dtype}
-        if channels < 1:
-            raise ValueError(f"SEModule needs channels >= 1, got {channels}")
+        check_width(type(self).__name__, channels, None if rd_channels is not None else rd_ratio)
         if rd_channels is None:
             rd_channels = make_divisible(channels * rd_ratio, rd_divisor)
         self.channels = channels

@@ -21,7 +21,7 @@ from torch import nn
 
 from .contract import AttentionModule
 from .eca import eca_kernel_size
-from .helpers import adaptive_avg_pool2d, check_input, to_2tuple, upcast
+from .helpers import adaptive_avg_pool2d, check_input, check_width, is_exporting, to_2tuple, upcast
 
 __all__ = ["STEAM", "ScalarGraphAttention", "channel_spatial_gate"]
 
@@ -131,6 +131,7 @@ class STEAM(AttentionModule):
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        check_width(type(self).__name__, channels)
         choices = {
             "order": (order, ("channel_first", "parallel")),
             "branches": (branches, ("both", "channel", "spatial")),
@@ -268,6 +269,8 @@ class STEAM(AttentionModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels, type(self).__name__)
+        if not is_exporting() and x.shape[0] == 0:  # an empty batch: nothing to attend to
+            return x.clone()
         if self.cia is not None:
             cg = torch.sigmoid(self.channel_logits(x)).to(x.dtype)[:, :, None, None]  # (N, C, 1, 1)
             if self.sia is None:

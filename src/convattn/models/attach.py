@@ -39,7 +39,7 @@ from ..layers import AWConv2d, AttentionModule, create_attn
 from ..layers.contract import resolve_placement
 from ..layers.create_attn import get_attn_spec, split_attn_name
 
-__all__ = ["attach", "AttachReport", "ResidualScale", "BLOCK_RULES", "register_block", "find_blocks"]
+__all__ = ["attach", "AttachReport", "ResidualScale", "BLOCK_RULES", "register_block", "find_blocks", "stage_blocks"]
 
 #: Residual block types (``module.Class``, subclasses match too) -> attribute whose output is the branch output.
 BLOCK_RULES: dict[str, str] = {
@@ -224,6 +224,14 @@ def _assign_stages(blocks: list[Block]) -> list[int]:
         b.index = counts[b.stage]
         counts[b.stage] += 1
     return counts
+
+
+def stage_blocks(model: nn.Module, dry_run_size: int = 64) -> tuple[list[Block], list[int]]:
+    """The recognised residual blocks of ``model`` with their channels, output stride, stage and index (one dry
+    forward pass), and the number of blocks per stage."""
+    blocks = find_blocks(model)
+    _dry_pass(model, blocks, dry_run_size)
+    return blocks, _assign_stages(blocks)
 
 
 # --- the report ---

@@ -123,6 +123,9 @@ def create_backbone(name: str, attn: str | None = None, conv: str | None = None,
     if not is_backbone_name(name):
         raise ValueError(f"backbone names are 'timm:<name>' or 'torchvision:<name>', got {name!r}")
     lib, _, arch = name.partition(":")
+    for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
     if kwargs.pop("zero_init_last", False):
         raise ValueError("zero_init_last is an option of convattn's own ResNets, not of timm/torchvision backbones")
     model = _build_plain(lib, arch, num_classes, in_chans, **kwargs)

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
 
-from ..layers.create_attn import split_attn_name
+from ..layers.create_attn import get_attn_spec, split_attn_name
 from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name, load_state_file
 from .helpers import load_pretrained
 from .resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["create_model", "list_models", "register_model", "parse_variant", "variant_name", "DEFAULT_VARIANTS"]
+__all__ = ["create_model", "list_models", "register_model", "parse_variant", "Variant", "variant_name", "DEFAULT_VARIANTS"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -28,36 +29,66 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return deco
 
 
-def list_models() -> list[str]:
-    """Registered model names."""
-    return sorted(_MODELS, key=lambda n: (n.rstrip("0123456789"), int("0" + n[len(n.rstrip("0123456789")):])))
+def list_models(backbones: bool = False) -> list[str]:
+    """Registered model names; with ``backbones=True`` also the verified timm/torchvision backbones (any other
+    ``"timm:<name>"`` / ``"torchvision:<name>"`` CNN built from recognised blocks works too)."""
+    own = sorted(_MODELS, key=lambda n: (n.rstrip("0123456789"), int("0" + n[len(n.rstrip("0123456789")):])))
+    return own + list(VERIFIED_BACKBONES) if backbones else own
 
 
-def parse_variant(variant: str | None) -> dict[str, Any]:
-    """Variant string -> model kwargs: ``"se+aw"`` -> ``{"attn": "se", "conv": "aw"}``.
+@dataclass(frozen=True)
+class Variant:
+    """A parsed variant string: what ``"se+aw"`` or ``"steam@all"`` asks for, validated once.
 
-    Parts are joined with ``+``; ``"aw"`` selects AW-convolution, any other part an attention module, and a
-    part suffixed ``@all`` places that module in every block (e.g. ``"steam@all"``). ``"none"`` or None is
-    the plain model.
+    Attributes:
+        attn: Activation-attention names joined with ``+`` (block-output and pre-convolution kinds), or None.
+        conv: ``"aw"`` or None.
+        attn_blocks: ``"all"`` when a part carries ``@all`` (every block), else None (each module's default).
     """
-    if variant is None or variant.strip().lower() in ("", "none", "baseline", "plain"):
-        return {"attn": None, "conv": None}
-    attn_parts, conv, blocks = [], None, None
-    for part in (p.strip().lower() for p in variant.split("+")):
-        name, _, placement = part.partition("@")
-        if placement and placement != "all":
-            raise ValueError(f"variant part {part!r}: the only placement suffix is '@all'")
-        if name == "aw":
-            conv = "aw"
-            continue
-        split_attn_name(name)  # validates, listing the valid names
-        attn_parts.append(name)
-        if placement:
-            blocks = "all"
-    out: dict[str, Any] = {"attn": "+".join(attn_parts) or None, "conv": conv}
-    if blocks:
-        out["attn_blocks"] = blocks
-    return out
+
+    attn: str | None = None
+    conv: str | None = None
+    attn_blocks: str | None = None
+
+    @classmethod
+    def parse(cls, variant: "str | Variant | None") -> "Variant":
+        """Parts are joined with ``+``; ``"aw"`` selects AW-convolution, any other part an attention module, and a
+        part suffixed ``@all`` places that module in every block. ``"none"`` or None is the plain model."""
+        if isinstance(variant, Variant):
+            return variant
+        if variant is None or variant.strip().lower() in ("", "none", "baseline", "plain"):
+            return cls()
+        attn_parts, conv, blocks = [], None, None
+        for part in (p.strip().lower() for p in variant.split("+")):
+            name, _, placement = part.partition("@")
+            if placement and placement != "all":
+                raise ValueError(f"variant part {part!r}: the only placement suffix is '@all'")
+            if get_attn_spec(name).kind == "conv":
+                conv = name
+                continue
+            split_attn_name(name)  # validates, listing the valid names
+            attn_parts.append(name)
+            if placement:
+                blocks = "all"
+        return cls("+".join(attn_parts) or None, conv, blocks)
+
+    @property
+    def name(self) -> str:
+        """The canonical string (``parse(v.name) == v``)."""
+        parts = [f"{p}@all" if self.attn_blocks else p for p in (self.attn or "").split("+") if p]
+        return "+".join(parts + ([self.conv] if self.conv else [])) or "none"
+
+    def kwargs(self) -> dict[str, Any]:
+        """Model keyword arguments (``attn``, ``conv`` and, for ``@all``, ``attn_blocks``)."""
+        out: dict[str, Any] = {"attn": self.attn, "conv": self.conv}
+        if self.attn_blocks:
+            out["attn_blocks"] = self.attn_blocks
+        return out
+
+
+def parse_variant(variant: "str | Variant | None") -> dict[str, Any]:
+    """Variant string -> model kwargs: ``"se+aw"`` -> ``{"attn": "se", "conv": "aw"}`` (see :class:`Variant`)."""
+    return Variant.parse(variant).kwargs()
 
 
 def variant_name(attn: str | None, conv: str | None) -> str:

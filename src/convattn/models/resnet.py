@@ -257,6 +257,8 @@ class ResNet(nn.Module):
             raise ValueError(f"aw_convs must be '3x3' or 'all', got {aw_convs!r}")
         if in_chans < 1:
             raise ValueError(f"in_chans must be >= 1, got {in_chans}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0 (0: no classifier, features only), got {num_classes!r}")
         norm_layer = norm_layer or nn.BatchNorm2d
         attn_kwargs = dict(attn_kwargs or {})
         self.num_classes = num_classes

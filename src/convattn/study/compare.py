@@ -51,6 +51,15 @@ class CompareConfig:
     report_only: bool = False  # train nothing; report the finished runs (a partial study says so)
 
 
+def _default_aw_mode(model: str) -> str:
+    """What AWConv2d's mode is when the study does not set one (see convattn.models.resnet / attach)."""
+    from ..models.backbones import is_backbone_name
+    if is_backbone_name(model):
+        return "full_g where its grouped generator divides the conv, else full (attach default)"
+    return "full (CIFAR-ResNet default)" if model in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110") \
+        else "full_g (ImageNet-ResNet default)"
+
+
 def _slug(variant: str) -> str:
     return variant.replace("+", "_").replace("@", "-") or "none"
 
@@ -347,8 +356,9 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           "each then the median over seeds, so that epochs or runs slowed by other work on the machine do not count; "
           "raw per-run totals in runs.csv.",
           "* AW-convolution and STEAM are reconstructions (no public code): numbers here are ours, not the papers'. "
-          f"AW mode: {base.conv_kwargs.get('mode', 'full (CIFAR-ResNet default)')}; STEAM: d=8, 4 heads, "
-          "placement per convattn defaults.", "",
+          f"AW mode: {base.conv_kwargs.get('mode', _default_aw_mode(base.model))}; STEAM: "
+          f"d={base.attn_kwargs.get('d', 8)}, {base.attn_kwargs.get('heads', 4)} heads, placement per convattn "
+          "defaults.", "",
           "## Per seed", "",
           "A seed fixes the data order and augmentation for every arm, so each arm can also be compared with the "
           "baseline run of the same seed: Δ in brackets, then the mean of those paired differences with its "

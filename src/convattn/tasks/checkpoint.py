@@ -7,11 +7,14 @@ code: ``torch.load(..., weights_only=True)`` and safetensors.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from safetensors import SafetensorError
@@ -20,7 +23,8 @@ from torch import nn
 
 from ..report import atomic_write_text
 
-__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "CheckpointError"]
+__all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "CheckpointError", "run_lock",
+           "RunInUseError"]
 
 
 class CheckpointError(ValueError):
@@ -36,15 +40,18 @@ def save_checkpoint(ckpt_root: str | os.PathLike, epoch: int, model: nn.Module, 
     root = Path(ckpt_root)
     root.mkdir(parents=True, exist_ok=True)
     name = f"epoch_{epoch:04d}"
-    tmp = root / f".{name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
-    if ema is not None:
-        save_file(_tensors(ema.state_dict()), str(tmp / "ema.safetensors"))
-    torch.save(state, tmp / "state.pt")
-    atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2, default=str))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.", suffix=".tmp"))  # unique: writers never collide
+    try:
+        save_file(_tensors(model.state_dict()), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_tensors(ema.state_dict()), str(tmp / "ema.safetensors"))
+        torch.save(state, tmp / "state.pt")
+        atomic_write_text(tmp / "meta.json", json.dumps(meta, indent=2, default=str))
+    except (OSError, RuntimeError, SafetensorError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        kept = latest_checkpoint(root)
+        raise OSError(f"could not write checkpoint {name} in {root} ({type(e).__name__}: {e}); "
+                      + (f"the last good checkpoint {kept.name} is kept" if kept else "no earlier checkpoint")) from e
     final = root / name
     if final.exists():
         shutil.rmtree(final)
@@ -63,9 +70,13 @@ def latest_checkpoint(ckpt_root: str | os.PathLike) -> Path | None:
         return None
     try:
         info = json.loads(p.read_text())
-        folder = Path(ckpt_root) / info["path"]
-    except (ValueError, KeyError) as e:
+        name = info["path"]
+    except (ValueError, KeyError, TypeError) as e:
         raise CheckpointError(f"{p} is corrupt ({e}); delete the checkpoints folder to start over") from e
+    if not isinstance(name, str) or Path(name).name != name or not name.startswith("epoch_"):
+        raise CheckpointError(f"{p} points to {name!r}, not a checkpoint folder inside {ckpt_root} "
+                              "(latest.json may only name an epoch_NNNN folder beside it)")
+    folder = Path(ckpt_root) / name
     if not folder.is_dir():
         raise CheckpointError(f"{p} points to {folder}, which does not exist")
     return folder
@@ -109,3 +120,35 @@ def load_checkpoint(folder: str | os.PathLike, model: nn.Module, ema: nn.Module 
         raise CheckpointError(f"checkpoint {folder} is corrupt or incomplete ({type(e).__name__}: {e}); "
                               "delete it to restart from the previous one or from scratch") from e
     return state, meta
+
+
+class RunInUseError(OSError):
+    """Another process is writing to the same run folder."""
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Own ``run_dir`` while a run writes to it: an exclusive ``flock`` on ``run_dir/.lock`` (released by the OS
+    when the process ends, so a killed run leaves no stale lock). A second writer is refused with the owner's pid."""
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - no flock on this platform: run unguarded
+        yield
+        return
+    f = open(root / ".lock", "a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            raise RunInUseError(f"{root} is in use by {owner}; wait for it to finish or use another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        f.flush()
+        yield
+    finally:
+        f.close()  # closing releases the lock

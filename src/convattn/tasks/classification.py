@@ -5,6 +5,7 @@ completed epoch, DistributedDataParallel under torchrun (gloo on CPU, nccl on CU
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -20,7 +21,8 @@ from torch import nn
 from ..data import DataBundle, build_data, resolve_name
 from ..models import create_model, parse_variant
 from ..report import atomic_write_text, save_figure, write_csv
-from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, load_weights, save_checkpoint
+from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_weights, run_lock,
+                         save_checkpoint)
 from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
 from ..validate import ConfigError, check_values
@@ -79,6 +81,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False
     zero_init_last: bool = False
+    pretrained_path: str | None = None  # local state dict of the plain network, loaded before attention is added
     seed: int = 0
     deterministic: bool = False
     workers: int = 2
@@ -221,6 +224,8 @@ def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: i
         kw["attn_kwargs"] = dict(cfg.attn_kwargs)
     if cfg.conv_kwargs:
         kw["conv_kwargs"] = dict(cfg.conv_kwargs)
+    if cfg.pretrained_path:
+        kw["pretrained_path"] = cfg.pretrained_path
     return create_model(cfg.model, **kw)
 
 
@@ -228,7 +233,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or resume) one run; returns the final summary (also written to ``<out>/final.json``)."""
     cfg = resolve_config(cfg)
     with distributed_session(cfg.device) as info:
-        return _train(cfg, info)
+        with run_lock(cfg.out) if info.is_main else contextlib.nullcontext():  # one writer per run folder
+            return _train(cfg, info)
 
 
 def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
@@ -244,6 +250,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     data = build_data(cfg.data, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, cfg.seed, info.rank,
                       info.world_size, cfg.workers, cfg.train_size, cfg.image_size)
     model = build_model(cfg, data).to(device)
+    if info.is_main and getattr(model, "pretrained_report", None) is not None:
+        print(f"{cfg.model}: weights from {cfg.pretrained_path}: {model.pretrained_report.summary()}")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.wd_exclude, cfg.attn_lr_mult)

@@ -52,6 +52,9 @@ def _recipe_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=2, help="DataLoader workers (ImageFolder only)")
     g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    g.add_argument("--pretrained-path", default=None, metavar="FILE",
+                   help="local state dict (.pth/.safetensors) of the plain network, loaded before attention is "
+                        "attached (nothing is downloaded)")
     g.add_argument("--attn-kwargs", type=_json_dict, default={}, help='JSON options, e.g. \'{"d": 16}\'')
     g.add_argument("--conv-kwargs", type=_json_dict, default={}, help='AWConv2d options, e.g. \'{"mode": "out"}\'')
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -75,7 +78,7 @@ def _variant(args: argparse.Namespace) -> str:
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "wd_exclude", "attn_lr_mult",
             "schedule", "milestones", "warmup_epochs", "label_smoothing", "ema", "ema_decay", "amp", "channels_last",
-            "compile", "train_size", "image_size", "workers", "device", "attn_kwargs", "conv_kwargs")
+            "compile", "train_size", "image_size", "workers", "device", "attn_kwargs", "conv_kwargs", "pretrained_path")
     if args.ema_decay is not None and not args.ema:
         raise ValueError(f"--ema-decay {args.ema_decay} has no effect without --ema; add --ema or drop --ema-decay")
     # every value given is passed on as given: 0, 0.0 and False are values, only None means "not given"
@@ -144,7 +147,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _detect_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("detection recipe (defaults from --preset)")
     g.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
-    g.add_argument("--backbone", default="resnet18")
+    g.add_argument("--backbone", default="resnet18", help="convattn ResNet or timm:<name> / torchvision:<name>")
     g.add_argument("--data", default="embedded", help="embedded (generated on first use), coco, voc")
     g.add_argument("--data-dir", default=None)
     g.add_argument("--preset", default="short", help="short (CPU, embedded data) or 1x (COCO schedule)")
@@ -193,16 +196,14 @@ def _run_detect(args: argparse.Namespace) -> int:
 
     import numpy as np
     import torch
-    from PIL import Image
 
     from ..data import list_image_files
+    from ..data.loaders import open_image
+    from ..report import safe_name
     items = []
     for f in list_image_files(args.image):
-        try:
-            arr = np.asarray(Image.open(f).convert("RGB"), dtype=np.float32) / 255.0
-        except OSError as e:
-            raise ValueError(f"cannot read image {f}: {e}") from e
-        items.append((f.stem, torch.from_numpy(arr).permute(2, 0, 1)))
+        arr = np.asarray(open_image(f, "RGB"), dtype=np.float32) / 255.0
+        items.append((safe_name(f.stem, "image"), torch.from_numpy(arr).permute(2, 0, 1)))
     if not items:
         _, val = engine.build_datasets(cfg)
         items = [(f"val{i}", val[i][0]) for i in range(min(args.num, len(val)))]
@@ -215,7 +216,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 def add_task_commands(sub: argparse._SubParsersAction) -> None:
     from ..study.compare import DEFAULT_STUDY
     p = sub.add_parser("train", help="train one model/variant (torchrun for several processes)")
-    p.add_argument("--model", default="resnet20")
+    p.add_argument("--model", default="resnet20",
+                   help="convattn model (resnet20, resnet50, ...) or a timm/torchvision CNN: timm:<name>, torchvision:<name>")
     p.add_argument("--variant", default=None, help="e.g. se+aw, steam@all (or use --attn/--conv)")
     p.add_argument("--attn", default=None, help="se, cbam, eca, gct, steam (joined with +)")
     p.add_argument("--conv", default=None, choices=[None, "none", "aw"])
@@ -268,6 +270,6 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
                    help="train nothing: write the report from the runs finished so far (marked partial)")
     p.add_argument("--task", choices=["classification", "detection"], default="classification")
     p.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
-    p.add_argument("--backbone", default="resnet18", help="--task detection: backbone ResNet")
+    p.add_argument("--backbone", default="resnet18", help="--task detection: convattn ResNet or timm:<name> / torchvision:<name>")
     _recipe_args(p)
     p.set_defaults(func=_run_compare)
