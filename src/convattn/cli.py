@@ -188,7 +188,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _expected_errors() as e:
         if debug:
             raise
-        msg = " ".join(str(e).split()) if not isinstance(e, OSError) or not e.filename else \
+        text = str(e)
+        if "Original Traceback" in text:  # raised in a DataLoader worker: its own last line says what happened
+            text = text.strip().splitlines()[-1]
+        msg = " ".join(text.split()) if not isinstance(e, OSError) or not e.filename else \
             f"{e.strerror or type(e).__name__}: {e.filename}"
         print(f"convattn {args.command}: error: {msg or type(e).__name__} (--debug shows the traceback)",
               file=sys.stderr)

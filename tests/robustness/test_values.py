@@ -125,3 +125,38 @@ def test_check_value_types_and_bounds():
     assert check_device("cpu").type == "cpu"
     with pytest.raises(ConfigError, match="not a device"):
         check_device("bogus")
+
+
+def test_unknown_module_option_is_one_line(tmp_path, capsys):
+    assert main(["train", "--attn", "steam", "--attn-kwargs", '{"dd": 4}', "--epochs", "1", "--train-size", "32",
+                 "--batch-size", "32", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unexpected keyword argument 'dd'" in err and '--attn-kwargs {"dd": 4}' in err and err.count("\n") == 1
+
+
+def test_worker_errors_are_reduced_to_their_last_line(tmp_path, capsys, monkeypatch):
+    import convattn.tasks.cli as tcli
+
+    def boom(args):
+        raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                         "last):\n  File \"x.py\", line 1\nValueError: cannot read image /data/cat/1.png: truncated")
+    monkeypatch.setattr(tcli, "_run_train", boom)  # the parser binds the handler when main() builds it
+    assert main(["train", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().endswith("ValueError: cannot read image /data/cat/1.png: truncated (--debug shows the traceback)")
+    assert err.count("\n") == 1
+
+
+def test_eval_prints_even_when_the_run_folder_is_read_only(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--train-size", "32", "--batch-size", "32", "--quiet", "--out",
+                 str(out)]) == 0
+    capsys.readouterr()
+    import convattn.tasks.classification as cls
+
+    def read_only(path, text):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr(cls, "atomic_write_text", read_only)
+    assert main(["eval", "--run", str(out)]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 2000 and "Permission denied" in res["not_written"]

@@ -217,7 +217,8 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
 
 def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: int | None = None,
                 in_chans: int | None = None) -> nn.Module:
-    """The run's model for a data bundle (or explicit class and channel counts)."""
+    """The run's model for a data bundle (or explicit class and channel counts); an option a module does not take
+    (``--attn-kwargs '{"dd": 4}'``) is a ValueError naming it."""
     kw = dict(parse_variant(cfg.variant), num_classes=data.num_classes if data else num_classes,
               in_chans=data.in_chans if data else in_chans, zero_init_last=cfg.zero_init_last)
     if cfg.attn_kwargs:
@@ -226,7 +227,13 @@ def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: i
         kw["conv_kwargs"] = dict(cfg.conv_kwargs)
     if cfg.pretrained_path:
         kw["pretrained_path"] = cfg.pretrained_path
-    return create_model(cfg.model, **kw)
+    try:
+        return create_model(cfg.model, **kw)
+    except TypeError as e:
+        if "unexpected keyword argument" not in str(e):
+            raise
+        raise ValueError(f"{cfg.model} {cfg.variant}: {e} (check --attn-kwargs {json.dumps(cfg.attn_kwargs)} and "
+                         f"--conv-kwargs {json.dumps(cfg.conv_kwargs)})") from None
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -460,5 +467,10 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     res = evaluate(model, bundle.val, info.device, cfg.amp, cfg.channels_last)  # as the run evaluated itself
     res.update(run=str(run_dir), checkpoint=str(checkpoint or latest_checkpoint(run_dir / "checkpoints")),
                data=bundle.name, ema=use_ema, bn_recalibrated_batches=used)
-    atomic_write_text(run_dir / ("eval_precise_bn.json" if used else "eval.json"), json.dumps(res, indent=2))
+    target = run_dir / ("eval_precise_bn.json" if used else "eval.json")
+    try:
+        atomic_write_text(target, json.dumps(res, indent=2))
+        res["written"] = str(target)
+    except OSError as e:  # a read-only run folder: the result is still returned (and printed by the CLI)
+        res["not_written"] = f"{target}: {e.strerror or e}"
     return res
