@@ -18,6 +18,8 @@ from torch import nn
 from .contract import AttentionModule
 from .helpers import check_input, check_width, upcast
 
+torch.fx.wrap("upcast")  # dtype-dependent: a leaf call in torch.fx graphs
+
 __all__ = ["GCT"]
 
 

@@ -58,9 +58,12 @@ def check_width(name: str, channels: int, rd_ratio: float | None = None) -> None
 
 
 def is_exporting() -> bool:
-    """True while a graph is being captured for export: ``torch.jit`` tracing, the TorchScript-based ONNX exporter,
-    or ``torch.export`` (which the default dynamo ONNX exporter uses)."""
+    """True while a graph is being captured: ``torch.jit`` tracing, the TorchScript-based ONNX exporter,
+    ``torch.fx`` symbolic tracing, or ``torch.export`` (which the default dynamo ONNX exporter uses)."""
     if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return True
+    fx_tracing = getattr(torch.fx._symbolic_trace, "is_fx_symbolic_tracing", None)  # torch.fx.symbolic_trace
+    if fx_tracing is not None and fx_tracing():
         return True
     exporting = getattr(torch.compiler, "is_exporting", None)
     return bool(exporting is not None and exporting())
@@ -71,7 +74,7 @@ def check_input(x: torch.Tensor, channels: int | None, name: str) -> None:
 
     Skipped while tracing or scripting so exported graphs carry no Python-side checks.
     """
-    if torch.jit.is_scripting() or torch.jit.is_tracing():
+    if torch.jit.is_scripting() or is_exporting():
         return
     if x.ndim != 4:
         raise ValueError(f"{name} expects a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")

@@ -26,6 +26,15 @@ from .helpers import adaptive_avg_pool2d, check_input, check_width, is_exporting
 __all__ = ["STEAM", "ScalarGraphAttention", "channel_spatial_gate"]
 
 
+# STEAM's graph construction depends on the map size (neighbourhoods, OGP grid): torch.fx and timm's fx feature
+# extraction keep the module as one leaf call (torch.export, ONNX and jit tracing trace through it).
+try:
+    from timm.layers import register_notrace_module as _register_notrace_module
+except ImportError:  # pragma: no cover - timm is a dependency
+    def _register_notrace_module(cls):
+        return cls
+
+
 class ScalarGraphAttention(nn.Module):
     """One multi-head graph-attention step over scalar nodes, 4 * d parameters.
 
@@ -80,6 +89,7 @@ def _grid_offsets(window: int, neighbourhood: str) -> list[tuple[int, int]]:
     return offs
 
 
+@_register_notrace_module
 class STEAM(AttentionModule):
     """Channel (CIA) then spatial (SIA) graph attention with Output Guided Pooling; 8 * d parameters.
 

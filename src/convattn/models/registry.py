@@ -152,25 +152,9 @@ for _depth in (20, 32, 44, 56, 110):
 
 
 def register_timm() -> list[str]:
-    """Register every model with timm as ``convattn_<name>`` so ``timm.create_model`` builds it."""
+    """Register every model with timm as ``convattn_<name>`` (see ``convattn.models.timm_models``)."""
     try:
-        from timm.models import register_model as timm_register
+        from .timm_models import register_all
     except ImportError:  # timm is a dependency, but keep the core importable without it
         return []
-    import sys
-    names = []
-    mod = sys.modules[__name__]
-    for name in _MODELS:
-        entry = f"convattn_{name}"
-
-        def fn(pretrained: bool = False, _name: str = name, **kwargs: Any) -> nn.Module:
-            for k in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-                kwargs.pop(k, None)
-            return create_model(_name, pretrained=pretrained, **kwargs)
-
-        fn.__name__ = entry
-        fn.__qualname__ = entry
-        fn.__module__ = mod.__name__
-        timm_register(fn)
-        names.append(entry)
-    return names
+    return register_all()

@@ -20,7 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timm.layers import DropPath
+
 from ..layers import AWConv2d, create_attn
+from ..layers.helpers import is_exporting
 from ..layers.contract import resolve_placement
 from ..layers.create_attn import get_attn_spec, split_attn_name
 
@@ -76,6 +79,7 @@ class BasicBlock(nn.Module):
             gct_layer: Callable[[int], nn.Module] | None = None,
             conv3x3: ConvFactory = _plain_conv,
             conv1x1: ConvFactory = _plain_conv,
+            drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         if groups != 1 or base_width != 64:
@@ -88,6 +92,7 @@ class BasicBlock(nn.Module):
         self.conv2 = conv3x3(planes, planes, 3, 1, 1)
         self.bn2 = norm_layer(planes)
         self.attn = _identity_or(attn_layer(planes) if attn_layer else None)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()  # stochastic depth of the branch
         has_ds_conv = isinstance(downsample, nn.Sequential)
         self.gct_ds = _identity_or(gct_layer(inplanes) if (gct_layer and has_ds_conv) else None)
         self.downsample = downsample
@@ -101,7 +106,7 @@ class BasicBlock(nn.Module):
         shortcut = x
         out = self.relu(self.bn1(self.conv1(self.gct1(x))))
         out = self.bn2(self.conv2(self.gct2(out)))
-        out = self.attn(out)
+        out = self.drop_path(self.attn(out))
         if self.downsample is not None:
             shortcut = self.downsample(self.gct_ds(x))
         return self.relu(out + shortcut)
@@ -125,6 +130,7 @@ class Bottleneck(nn.Module):
             gct_layer: Callable[[int], nn.Module] | None = None,
             conv3x3: ConvFactory = _plain_conv,
             conv1x1: ConvFactory = _plain_conv,
+            drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
@@ -140,6 +146,7 @@ class Bottleneck(nn.Module):
         self.bn3 = norm_layer(outplanes)
         self.relu = nn.ReLU(inplace=True)
         self.attn = _identity_or(attn_layer(outplanes) if attn_layer else None)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()  # stochastic depth of the branch
         has_ds_conv = isinstance(downsample, nn.Sequential)
         self.gct_ds = _identity_or(gct_layer(inplanes) if (gct_layer and has_ds_conv) else None)
         self.downsample = downsample
@@ -154,10 +161,27 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(self.gct1(x))))
         out = self.relu(self.bn2(self.conv2(self.gct2(out))))
         out = self.bn3(self.conv3(self.gct3(out)))
-        out = self.attn(out)
+        out = self.drop_path(self.attn(out))
         if self.downsample is not None:
             shortcut = self.downsample(self.gct_ds(x))
         return self.relu(out + shortcut)
+
+
+def _check_image_batch(x: torch.Tensor, in_chans: int, name: str) -> None:
+    """A ValueError for input that is not (N, in_chans, H, W); skipped while a graph is traced or exported (the
+    timm way: no Python branching on traced shapes)."""
+    if torch.jit.is_scripting() or is_exporting() or isinstance(x, torch.fx.Proxy):
+        return
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(f"{name} expects input (N, {in_chans}, H, W), got shape {tuple(x.shape)}; build the model "
+                         f"with in_chans={x.shape[1] if x.ndim == 4 else '?'} or convert the images")
+
+
+def _drop_path_rates(rate: float, n: int) -> list[float]:
+    """Stochastic-depth rate of each of ``n`` blocks: linear from 0 to ``rate`` (timm's rule)."""
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"drop_path_rate must be in [0, 1), got {rate}")
+    return [rate * i / max(n - 1, 1) for i in range(n)]
 
 
 def _resolve_blocks(spec: Any, layers: Sequence[int]) -> set[tuple[int, int]]:
@@ -218,6 +242,10 @@ class ResNet(nn.Module):
         norm_layer: Normalisation layer (``FrozenBatchNorm2d`` for detection).
         zero_init_last: Zero the last BN gamma of every block.
         drop_rate: Dropout before the classifier.
+        drop_path_rate: Stochastic depth: the residual branch of block i (of n) is dropped with probability
+            ``drop_path_rate * i / (n - 1)`` in training (timm's linear rule).
+        global_pool: Pooling before the classifier (``"avg"``, ``"max"``, ``"avgmax"``, ``"catavgmax"``, or
+            ``""`` for none), as timm's ``SelectAdaptivePool2d``.
     """
 
     def __init__(
@@ -241,6 +269,8 @@ class ResNet(nn.Module):
             norm_layer: Callable[[int], nn.Module] | None = None,
             zero_init_last: bool = False,
             drop_rate: float = 0.0,
+            drop_path_rate: float = 0.0,
+            global_pool: str = "avg",
     ) -> None:
         super().__init__()
         if stem not in ("imagenet", "cifar"):
@@ -306,17 +336,20 @@ class ResNet(nn.Module):
         self.inplanes = stem_width
         stem_gct = gct_factory(0) if gct_placement == "every_conv" else None
         self.gct_stem = stem_gct(in_chans) if stem_gct else nn.Identity()
+        # registered in the order forward runs them (timm's FeatureListNet replays the children in order)
         if stem == "imagenet":
             self.conv1 = nn.Conv2d(in_chans, stem_width, 7, 2, 3, bias=False)
-            self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1)
         else:
             self.conv1 = nn.Conv2d(in_chans, stem_width, 3, 1, 1, bias=False)
-            self.maxpool = nn.Identity()
         self.bn1 = norm_layer(stem_width)
         self.relu = nn.ReLU(inplace=True)
+        self.maxpool: nn.Module = nn.MaxPool2d(3, 2, 1) if stem == "imagenet" else nn.Identity()
 
         feature_stride = 4 if stem == "imagenet" else 1
-        self.feature_info: list[dict[str, Any]] = []
+        # timm's feature points: the stem's activation, then each stage's output
+        self.feature_info: list[dict[str, Any]] = [dict(num_chs=stem_width, reduction=feature_stride // 2 or 1,
+                                                        module="relu")]
+        block_rates = iter(_drop_path_rates(drop_path_rate, sum(layers)))
         for s, (planes, n) in enumerate(zip(widths, layers)):
             stride = 1 if s == 0 else 2
             feature_stride *= stride
@@ -341,7 +374,8 @@ class ResNet(nn.Module):
                     attn_layer = lambda c, _kw=kw: create_attn(out_attn, c, **_kw)  # noqa: E731
                 gct_layer = gct if (gct_placement == "every_conv" or gct is None) else None
                 blk = block(self.inplanes, planes, stride if b == 0 else 1, downsample if b == 0 else None,
-                            groups, width_per_group, norm_layer, attn_layer, gct_layer, conv3x3, conv1x1)
+                            groups, width_per_group, norm_layer, attn_layer, gct_layer, conv3x3, conv1x1,
+                            next(block_rates))
                 if gct is not None and gct_placement == "per_block":
                     blk.gct1 = gct(self.inplanes)
                 blocks.append(blk)
@@ -351,11 +385,18 @@ class ResNet(nn.Module):
         if num_stages == 3:
             self.layer4 = nn.Sequential()  # keeps forward uniform; holds no parameters
 
-        self.num_features = self.inplanes
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.num_features = self.head_hidden_size = self.inplanes
+        self.num_stages = num_stages
+        self.grad_checkpointing = False
         self.drop_rate = drop_rate
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool, self.fc = self._head(num_classes, global_pool)
         self._init_weights(zero_init_last)
+
+    def _head(self, num_classes: int, global_pool: str) -> tuple[nn.Module, nn.Module]:
+        from timm.layers import SelectAdaptivePool2d
+        pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        feats = self.num_features * pool.feat_mult()
+        return pool, (nn.Linear(feats, num_classes) if num_classes > 0 else nn.Identity())
 
     def _init_weights(self, zero_init_last: bool) -> None:
         for m in self.modules():
@@ -380,22 +421,87 @@ class ResNet(nn.Module):
                 names |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
         return names
 
+    # --- timm model API ---
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """Parameter groups for layer-wise decay: the stem, then each stage (``coarse``) or each block."""
+        return dict(stem=r"^gct_stem|^conv1|^bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass instead of storing them."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """A new (re-initialised) classifier for ``num_classes`` (0: none, features only) and optionally pooling."""
+        self.num_classes = num_classes
+        pool = self.global_pool.pool_type if global_pool is None else global_pool
+        self.global_pool, self.fc = self._head(num_classes, pool)
+
+    def _stages(self) -> list[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4][:self.num_stages]
+
+    def _run_stage(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting() and len(stage) > 0:
+            from timm.models import checkpoint_seq
+            return checkpoint_seq(stage, x)
+        return stage(x)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None, norm: bool = False,
+                              stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False
+                              ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The final features and the feature maps at ``feature_info``'s points (stem, then every stage).
+
+        Args:
+            indices: The last n points if an int, all if None, else the listed ones.
+            norm: Unused (no final norm in a ResNet); kept for timm's signature.
+            stop_early: Skip the stages after the last requested point.
+            intermediates_only: Return only the list.
+        """
+        from timm.models._features import feature_take_indices
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        feats = []
+        _check_image_batch(x, self.in_chans, type(self).__name__)
+        x = self.relu(self.bn1(self.conv1(self.gct_stem(x))))
+        if 0 in take:
+            feats.append(x)
+        x = self.maxpool(x)
+        for i, stage in enumerate(self._stages(), start=1):
+            if stop_early and i > last:
+                break
+            x = self._run_stage(stage, x)
+            if i in take:
+                feats.append(x)
+        return feats if intermediates_only else (x, feats)
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages after the last point in ``indices`` (and the head); returns the kept indices."""
+        from timm.models._features import feature_take_indices
+        take, last = feature_take_indices(len(self.feature_info), indices)
+        for i in range(last + 1, self.num_stages + 1):
+            setattr(self, f"layer{i}", nn.Sequential())
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if not (torch.jit.is_scripting() or torch.jit.is_tracing()):
-            if x.ndim != 4 or x.shape[1] != self.in_chans:
-                raise ValueError(f"{type(self).__name__} expects input (N, {self.in_chans}, H, W), got shape "
-                                 f"{tuple(x.shape)}; build the model with in_chans={x.shape[1] if x.ndim == 4 else '?'} "
-                                 "or convert the images")
+        _check_image_batch(x, self.in_chans, type(self).__name__)
         x = self.relu(self.bn1(self.conv1(self.gct_stem(x))))
         x = self.maxpool(x)
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        x = self.layer4(x)
+        for stage in self._stages():
+            x = self._run_stage(stage, x)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = torch.flatten(self.avgpool(x), 1)
+        x = self.global_pool(x)
         if self.drop_rate > 0:
             x = F.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
