@@ -132,6 +132,12 @@ def _run_maps(args: argparse.Namespace) -> int:
     from .tasks.classification import load_run
     if args.stats is not None and args.stats < 2:
         raise ValueError(f"--stats needs at least 2 images, got {args.stats}")
+    try:
+        indices = [int(i) for i in (args.index or "0").split(",")]
+    except ValueError:
+        raise ValueError(f"--index takes validation-image numbers such as 0,5,9; got {args.index!r}") from None
+    if min(indices) < 0:
+        raise ValueError(f"--index numbers must be >= 0, got {args.index!r}")
     cfg, info, model = load_run(args.run, use_ema=args.ema)
     out = Path(args.out or Path(args.run) / "maps")
     if args.stats is not None:
@@ -146,7 +152,7 @@ def _run_maps(args: argparse.Namespace) -> int:
         x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])
         items.append((safe_name(f.stem, "image"), x, disp, None))
     if args.index is not None or not items:
-        items += validation_images(cfg, info, [int(i) for i in (args.index or "0").split(",")])
+        items += validation_images(cfg, info, indices)
     for name, x, disp, label in items:
         s = save_maps(model, x, disp, out / name, info.get("classes"), label)
         print(f"{out / name}: {', '.join(s['files'])} (predicted {s['prediction']}, p={s['probability']:.2f})")

@@ -186,3 +186,18 @@ def test_detection_compare_tiny(tmp_path, monkeypatch):
                              tmp_path / "study")
     assert [r["variant"] for r in rows] == ["none", "steam"] and "bbox_AP" in rows[0]
     assert (tmp_path / "study" / "report.md").read_text().count("| steam |") == 1
+
+
+def test_voc_file_names_stay_inside_and_sizes_must_match(tmp_path):
+    root = _voc(tmp_path / "v")
+    xml = (root / "Annotations" / "a.xml").read_text()
+    (root / "Annotations" / "a.xml").write_text(xml.replace("<filename>a.jpg", "<filename>../../a.jpg"))
+    with pytest.raises(AnnotationError, match="points outside the image folder"):
+        VocDetection(root)
+    (root / "Annotations" / "a.xml").write_text(xml.replace("<width>50", "<width>60"))  # the JPEG is 50 wide
+    ds = VocDetection(root)
+    with pytest.raises(AnnotationError, match="a.jpg is 50x40, but its XML declares 60x40"):
+        ds[0]
+    (root / "Annotations" / "a.xml").write_text(xml.replace("<xmin>5", "<xmin>nan"))
+    with pytest.raises(AnnotationError, match="non-finite box"):
+        VocDetection(root)

@@ -160,3 +160,17 @@ def test_eval_prints_even_when_the_run_folder_is_read_only(tmp_path, capsys, mon
     assert main(["eval", "--run", str(out)]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 2000 and "Permission denied" in res["not_written"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["eval", "--run", "x", "--batch-size", "0"], "batch_size (--batch-size) must be an integer >= 1, got 0"),
+    (["eval", "--run", "x", "--recalibrate-bn", "-1"], "recalibrate_bn (--recalibrate-bn) must be an integer >= 0"),
+    (["detect", "predict", "--run", "x", "--score-thresh", "1.5"], "score_thresh (--score-thresh) must be a number >= 0 and <= 1"),
+    (["detect", "predict", "--run", "x", "--num", "0"], "num (--num) must be an integer >= 1, got 0"),
+    (["maps", "--run", "x", "--index", "a,b"], "--index takes validation-image numbers such as 0,5,9"),
+    (["maps", "--run", "x", "--index=-3"], "--index numbers must be >= 0"),
+])
+def test_eval_maps_predict_refuse_bad_values(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

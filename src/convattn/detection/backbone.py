@@ -58,6 +58,16 @@ def freeze_attention_norms(model: nn.Module) -> int:
     return count
 
 
+def _check_fpn_args(trainable_layers: int, returned_layers: list[int] | None) -> list[int]:
+    """The returned stages (default 1-4) after checking both arguments' ranges (as torchvision)."""
+    if not 0 <= trainable_layers <= 5:
+        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
+    returned_layers = returned_layers or [1, 2, 3, 4]
+    if min(returned_layers) < 1 or max(returned_layers) > 4:
+        raise ValueError(f"returned_layers must be within [1, 4], got {returned_layers}")
+    return returned_layers
+
+
 def resnet_fpn_backbone(
         name: str = "resnet50",
         variant: str | None = None,
@@ -83,11 +93,7 @@ def resnet_fpn_backbone(
     if name not in DETECTION_BACKBONES:
         raise ValueError(f"detection backbones are the ImageNet-layout ResNets ({', '.join(DETECTION_BACKBONES)}) "
                          f"or a timm/torchvision CNN as 'timm:<name>' / 'torchvision:<name>'; got {name!r}")
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
-    returned_layers = returned_layers or [1, 2, 3, 4]
-    if min(returned_layers) < 1 or max(returned_layers) > 4:
-        raise ValueError(f"returned_layers must be within [1, 4], got {returned_layers}")
+    returned_layers = _check_fpn_args(trainable_layers, returned_layers)
     if variant is not None:
         model_kwargs.update(parse_variant(variant))
     model_kwargs.setdefault("num_classes", 0)
@@ -177,11 +183,7 @@ def cnn_fpn_backbone(
     (``returned_layers`` picks among them, 1-4 as for ResNets). ``trainable_layers`` counts those stages from the
     deepest; 5 also trains everything before them (stem, earlier stages).
     """
-    if not 0 <= trainable_layers <= 5:
-        raise ValueError(f"trainable_layers must be in [0, 5], got {trainable_layers}")
-    returned_layers = returned_layers or [1, 2, 3, 4]
-    if min(returned_layers) < 1 or max(returned_layers) > 4:
-        raise ValueError(f"returned_layers must be within [1, 4], got {returned_layers}")
+    returned_layers = _check_fpn_args(trainable_layers, returned_layers)
     parsed = parse_variant(variant) if variant is not None else {"attn": model_kwargs.pop("attn", None),
                                                                    "conv": model_kwargs.pop("conv", None)}
     attn_kwargs, conv_kwargs = model_kwargs.pop("attn_kwargs", None), model_kwargs.pop("conv_kwargs", None)

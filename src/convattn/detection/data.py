@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from ..data.fashion_mnist import CLASSES, load_embedded
+from ..data.loaders import open_image
 from ..report import atomic_write_text
 
 __all__ = ["CocoDetection", "VocDetection", "make_synthetic_coco", "default_cache_dir", "collate",
@@ -229,10 +230,7 @@ class CocoDetection(torch.utils.data.Dataset):
         img_id = self.ids[i]
         info = self.coco.imgs[img_id]
         path = self.img_dir / info["file_name"]
-        try:
-            img = Image.open(path).convert("RGB")
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"cannot read image {path}: {e}") from e
+        img = open_image(path, "RGB")
         if img.size != (info["width"], info["height"]):  # boxes were checked against the declared size
             raise AnnotationError(f"{self.ann_file}: image id {img_id} ({path.name}) is {img.size[0]}x{img.size[1]}, "
                                   f"but its entry declares {info['width']}x{info['height']}")
@@ -295,7 +293,7 @@ class VocDetection(torch.utils.data.Dataset):
             if w and h and (x1 < 0 or y1 < 0 or x2 > w + 1 or y2 > h + 1):
                 raise AnnotationError(f"{path}: object {k} ({name}) box {[x1, y1, x2, y2]} lies outside the {w}x{h} image")
             objs.append((name, [x1, y1, x2, y2], int(o.findtext("difficult") or 0)))
-        return dict(image=img, objects=objs)
+        return dict(image=img, objects=objs, size=(w, h) if w and h else None)
 
     @property
     def num_classes(self) -> int:
@@ -306,7 +304,10 @@ class VocDetection(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         it = self.items[i]
-        img = Image.open(it["image"]).convert("RGB")
+        img = open_image(it["image"], "RGB")
+        if it["size"] and img.size != it["size"]:  # boxes were checked against the declared size
+            raise AnnotationError(f"{it['image']} is {img.size[0]}x{img.size[1]}, but its XML declares "
+                                  f"{it['size'][0]}x{it['size'][1]}")
         objs = [o for o in it["objects"] if not o[2]]
         boxes = torch.tensor([o[1] for o in objs], dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor([self.classes.index(o[0]) + 1 for o in objs], dtype=torch.int64)

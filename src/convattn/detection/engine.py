@@ -64,6 +64,7 @@ class DetectConfig:
     conv_kwargs: dict[str, Any] = field(default_factory=dict)
     attn_kwargs: dict[str, Any] = field(default_factory=dict)
     init_from: str | None = None  # convattn classification checkpoint (folder or .safetensors)
+    allow_outside_paths: bool = False  # COCO file_name may point outside the image folder
     train_size: int | None = None  # first N training images (quick runs, tests)
     val_size: int | None = None
     amp: str = "none"
@@ -126,8 +127,8 @@ def build_datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.u
     root = embedded_detection_root() if cfg.data == "embedded" else Path(cfg.data_dir or "")
     if cfg.data == "coco" and cfg.data_dir is None:
         raise FileNotFoundError("--data coco needs --data-dir with train/, val/ and annotations/instances_{train,val}.json")
-    train = CocoDetection(root / "train", root / "annotations" / "instances_train.json", masks)
-    val = CocoDetection(root / "val", root / "annotations" / "instances_val.json", masks)
+    train = CocoDetection(root / "train", root / "annotations" / "instances_train.json", masks, cfg.allow_outside_paths)
+    val = CocoDetection(root / "val", root / "annotations" / "instances_val.json", masks, cfg.allow_outside_paths)
     for ds, n in ((train, cfg.train_size), (val, cfg.val_size)):
         if n is not None:
             ds.ids = ds.ids[:n]

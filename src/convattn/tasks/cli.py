@@ -97,7 +97,10 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
+    from ..validate import check_values
     from .classification import evaluate_run
+    check_values(args, (("batch_size", dict(lo=1, integer=True, optional=True)),
+                        ("recalibrate_bn", dict(lo=0, integer=True))))
     res = evaluate_run(args.run, args.data, args.data_dir, args.checkpoint, args.ema, args.batch_size, args.device,
                        args.recalibrate_bn)
     print(json.dumps(res, indent=2))
@@ -160,6 +163,8 @@ def _detect_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-frozen-bn", dest="frozen_bn", action="store_false")
     g.add_argument("--attn-norm-trainable", action="store_true", help="keep BN inside attention modules trainable")
     g.add_argument("--init-from", default=None, help="convattn classification checkpoint for the backbone")
+    g.add_argument("--allow-outside-paths", action="store_true",
+                   help="let COCO file_name entries point outside the image folder (refused by default)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--device", default="auto")
@@ -172,13 +177,15 @@ def _detect_config(args: argparse.Namespace, **extra: Any):
     from ..detection.engine import DetectConfig
     keys = ("detector", "backbone", "data", "data_dir", "preset", "epochs", "batch_size", "lr", "warmup_iters",
             "min_size", "max_size", "trainable_layers", "milestones", "frozen_bn", "attn_norm_trainable", "init_from",
-            "amp", "threads", "device", "conv_kwargs", "attn_kwargs", "train_size", "val_size")
+            "amp", "threads", "device", "conv_kwargs", "attn_kwargs", "train_size", "val_size", "allow_outside_paths")
     kw = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     return DetectConfig(progress=not args.quiet, **kw, **extra)
 
 
 def _run_detect(args: argparse.Namespace) -> int:
     from ..detection import engine
+    from ..validate import check_values
+    check_values(args, (("score_thresh", dict(lo=0, hi=1)), ("num", dict(lo=1, integer=True))))
     if args.action == "train":
         res = engine.train_detector(_detect_config(args, variant=args.variant, seed=args.seed, out=args.out or "runs/detect",
                                                    resume=not args.no_resume))
