@@ -109,7 +109,8 @@ class BasicBlock(nn.Module):
         out = self.drop_path(self.attn(out))
         if self.downsample is not None:
             shortcut = self.downsample(self.gct_ds(x))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: the branch output is a temporary no backward needs
+        return self.relu(out)
 
 
 class Bottleneck(nn.Module):
@@ -164,7 +165,8 @@ class Bottleneck(nn.Module):
         out = self.drop_path(self.attn(out))
         if self.downsample is not None:
             shortcut = self.downsample(self.gct_ds(x))
-        return self.relu(out + shortcut)
+        out += shortcut  # in place, as torchvision: the branch output is a temporary no backward needs
+        return self.relu(out)
 
 
 def _check_image_batch(x: torch.Tensor, in_chans: int, name: str) -> None:
