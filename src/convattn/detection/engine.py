@@ -27,7 +27,7 @@ __all__ = ["DetectConfig", "DETECT_PRESETS", "train_detector", "evaluate_detecto
            "build_datasets"]
 
 DETECT_PRESETS: dict[str, dict[str, Any]] = {
-    # COCO 1x (specs/modules.md section 10): 12 epochs, LR drops after 8 and 11, LR 0.02 per 16 images
+    # COCO 1x (torchvision and mmdetection reference schedule): 12 epochs, LR drops after 8 and 11, LR 0.02 per 16 images
     "1x": dict(epochs=12, milestones=[8, 11], lr=0.02, batch_size=16, warmup_iters=500, min_size=800, max_size=1333,
                trainable_layers=3, frozen_bn=True),
     # CPU-sized run on the embedded set, trained from scratch (so BN trains and every stage is trainable)

@@ -3,7 +3,7 @@
 Paper: "An Attention Module for Convolutional Neural Networks", Zhu, Hofstee, Lee, Al-Ars, ICANN 2021,
 LNCS 12891 (arXiv 2108.08205). The authors' code is not public.
 
-Reconstruction from the abstract and secondary summaries (specs/modules.md section 6); every ambiguous
+Reconstruction from the abstract and secondary summaries (choices and reasons: docs/reconstruction.md); every ambiguous
 choice is a named option. Per sample n the layer computes ``Y_n = X_n (*) (K * (1 + A_n))`` with
 ``A_n = PW2(ReLU(PW1(AvgPool_k(X_n))))`` from the layer's own input. PW2 is zero-initialised, so a fresh
 layer computes exactly the plain convolution with the same weight.

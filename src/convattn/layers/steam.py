@@ -4,7 +4,7 @@ Paper: "STEAM: Squeeze and Transform Enhanced Attention Module", Sabharwal, Ram 
 Rathore (arXiv 2412.09023, v1 2024, v2 2026). The authors' code is not public.
 
 Reconstruction from the abstract and secondary summaries; every ambiguous choice is a named option and
-the defaults follow specs/modules.md section 7. Two sigmoid gates in sequence: Channel Interaction
+the defaults and their reasons are in docs/reconstruction.md. Two sigmoid gates in sequence: Channel Interaction
 Attention (CIA: channels are graph nodes on a ring, one multi-head graph-attention step over their GAP
 values) then Spatial Interaction Attention (SIA: the channel mean pooled to a fixed grid by Output
 Guided Pooling, one graph-attention step over each cell's 3x3 neighbourhood, logits upsampled). Each
@@ -141,7 +141,8 @@ class STEAM(AttentionModule):
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        check_width(type(self).__name__, channels)
+        if channels is not None:  # optional: the parameter count does not depend on it
+            check_width(type(self).__name__, channels)
         choices = {
             "order": (order, ("channel_first", "parallel")),
             "branches": (branches, ("both", "channel", "spatial")),

@@ -30,7 +30,7 @@ from .optim import check_attn_lr_mult, check_wd_exclude, param_groups
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
 
-# Recipes of the SE/CBAM/ECA/GCT lineage (specs/modules.md section 10); every value can be overridden.
+# Recipes of the SE/CBAM/ECA/GCT lineage (their papers' CIFAR and ImageNet schedules); every value can be overridden.
 PRESETS: dict[str, dict[str, Any]] = {
     "fmnist": dict(epochs=10, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
                    schedule="cosine", warmup_epochs=1.0, label_smoothing=0.0),
