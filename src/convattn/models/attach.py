@@ -293,8 +293,11 @@ def _select_blocks(blocks: list[Block], counts: list[int], where: Where, default
     return [b for b in blocks if (b.stage, b.index) in chosen]
 
 
-def _select_convs(model: nn.Module, conv_in: dict[nn.Module, tuple[int, int]], blocks: list[Block],
-                  chosen_blocks: list[Block] | None, where: Where, min_kernel: int) -> list[tuple[str, nn.Conv2d]]:
+def _select_convs(model: nn.Module, conv_in: dict[nn.Module, tuple[int, int]], chosen_blocks: list[Block] | None,
+                  where: Where, min_kernel: int) -> list[tuple[str, nn.Conv2d]]:
+    """Plain ``nn.Conv2d`` layers (not inside convattn modules) that saw a map larger than 1 x 1 in the dry pass,
+    with a kernel of at least ``min_kernel``, inside ``chosen_blocks`` (None: anywhere) and accepted by a callable
+    ``where``."""
     skip: set[int] = set()
     for m in model.modules():
         if isinstance(m, AttentionModule):  # never inside convattn's own modules
@@ -376,14 +379,14 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
     chosen = _select_blocks(blocks, counts, where, "all") if isinstance(where, (dict, list, tuple)) else None
     if pre_parts:
         kw = attn_kwargs if not out_parts else {}
-        for cname, c in _select_convs(model, conv_in, blocks, chosen, where, 1):
+        for cname, c in _select_convs(model, conv_in, chosen, where, 1):
             m = create_attn(pre_parts[0], c.in_channels, **kw).to(**dd)
             _attach_child(c, m, _AttnThen)
             report.rows.append(dict(kind="pre_conv", module=pre_parts[0], where=f"{cname}.attn",
                                     channels=c.in_channels, stage=-1, block=-1, params=_param_count(m)))
     if conv == "aw":
         ckw = dict(conv_kwargs or {})
-        for cname, c in _select_convs(model, conv_in, blocks, blocks if chosen is None else chosen, where, 2):
+        for cname, c in _select_convs(model, conv_in, blocks if chosen is None else chosen, where, 2):
             aw = _aw_from_conv(c, ckw, cname)
             parent_name, _, leaf = cname.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, leaf, aw)

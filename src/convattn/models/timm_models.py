@@ -4,8 +4,8 @@ Each model is built through timm's ``build_model_with_cfg`` with a ``pretrained_
 interpolation, crop, mean/std, first conv, classifier), so timm's machinery applies as to timm's own models:
 ``timm.data.resolve_data_config`` (32 x 32 for the CIFAR ResNets), ``features_only=True`` / ``out_indices``,
 ``reset_classifier``, ``drop_path_rate``, ``set_grad_checkpointing``, ``group_matcher`` (layer decay), and local
-weights through ``pretrained=True, pretrained_cfg_overlay=dict(file="weights.pth")``. Nothing is downloaded:
-these configs name no URL or hub id, and ``pretrained=True`` without a file is refused.
+weights through ``pretrained`` set with ``pretrained_cfg_overlay=dict(file="weights.pth")``. Nothing is
+downloaded: these configs name no URL or hub id, and ``pretrained`` without a file is refused.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _build(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not overlay.get("file"):
         raise ValueError(f"convattn_{name} has no downloadable weights (convattn never downloads): pass "
-                         "pretrained_cfg_overlay=dict(file='weights.pth') with pretrained=True, or pretrained=False")
+                         "pretrained_cfg_overlay=dict(file='weights.pth') together with pretrained, or leave pretrained off")
     kwargs.pop("cache_dir", None)
     variant = kwargs.pop("variant", None)
     if variant is not None:
