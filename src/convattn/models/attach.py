@@ -352,6 +352,8 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
     """
     if conv not in (None, "", "none", "aw"):
         raise ValueError(f"Unknown conv {conv!r}. Valid: None or 'aw' (AWConv2d)")
+    if conv_kwargs and conv != "aw":  # checked before anything is changed
+        raise ValueError("attach: conv_kwargs configure AW-convolution; pass conv='aw' too")
     out_parts, pre_parts = _split_parts(attn)
     attn_kwargs = dict(attn_kwargs or {})
     blocks = find_blocks(model)
@@ -387,13 +389,11 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
     if conv == "aw":
         ckw = dict(conv_kwargs or {})
         for cname, c in _select_convs(model, conv_in, blocks if chosen is None else chosen, where, 2):
-            aw = _aw_from_conv(c, ckw, cname)
+            aw = _aw_from_conv(c, ckw)
             parent_name, _, leaf = cname.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, leaf, aw)
             report.rows.append(dict(kind="conv", module="aw", where=cname, channels=c.out_channels, stage=-1,
                                     block=-1, params=_param_count(aw, [aw.weight] + ([aw.bias] if aw.bias is not None else []))))
-    elif conv_kwargs:
-        raise ValueError("attach: conv_kwargs configure AW-convolution; pass conv='aw' too")
     if not report.rows and (out_parts or pre_parts or conv):
         raise ValueError(f"attach: nothing was inserted into {type(model).__name__} (where={where!r} selected no "
                          f"block or convolution; stages have {counts} blocks)")
@@ -401,7 +401,7 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
     return model
 
 
-def _aw_from_conv(c: nn.Conv2d, kwargs: dict[str, Any], name: str) -> AWConv2d:
+def _aw_from_conv(c: nn.Conv2d, kwargs: dict[str, Any]) -> AWConv2d:
     if "mode" in kwargs:
         return AWConv2d.from_conv(c, **kwargs)
     try:  # the grouped generator (full_g) where its divisibility holds, else full
