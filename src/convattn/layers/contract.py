@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 __all__ = ["AttentionModule", "AttnSpec", "ATTENTION_KEYS", "KINDS", "placement_all", "placement_stage_ends",
-           "resolve_placement"]
+           "resolve_placement", "declared_no_weight_decay"]
 
 #: What ``attention(x)`` may return, each a tensor broadcastable against the module's input ``x`` (N, C, H, W):
 #: ``channel`` (N, C, 1, 1), ``spatial`` (N, 1, H, W), ``height`` (N, C, H, 1), ``width`` (N, C, 1, W); and for a
@@ -56,6 +56,15 @@ class AttentionModule(nn.Module):
     def attention_norms(self) -> Iterator[tuple[str, nn.Module]]:
         """(name, module) pairs of the normalisation layers inside the module."""
         return ((n, m) for n, m in self.named_modules() if n and isinstance(m, _NORMS))
+
+
+def declared_no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of the parameters that the attention modules inside ``model`` keep out of weight decay."""
+    names: set[str] = set()
+    for prefix, m in model.named_modules():
+        if m is not model and isinstance(m, AttentionModule):
+            names |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
+    return names
 
 
 Placement = Callable[[Sequence[int]], set[tuple[int, int]]]

@@ -24,7 +24,7 @@ from timm.layers import DropPath
 
 from ..layers import AWConv2d, create_attn
 from ..layers.helpers import is_exporting
-from ..layers.contract import resolve_placement
+from ..layers.contract import declared_no_weight_decay, resolve_placement
 from ..layers.create_attn import get_attn_spec, split_attn_name
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck", "PadShortcut", "STEAM_DEFAULT_BLOCKS"]
@@ -417,11 +417,7 @@ class ResNet(nn.Module):
 
     def no_weight_decay(self) -> set[str]:
         """Full names of parameters that their modules exclude from weight decay (e.g. GCT's beta)."""
-        names = set()
-        for prefix, m in self.named_modules():
-            if m is not self and hasattr(m, "no_weight_decay"):
-                names |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
-        return names
+        return declared_no_weight_decay(self)
 
     # --- timm model API ---
 

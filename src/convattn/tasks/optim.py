@@ -13,8 +13,9 @@ from typing import Any
 from torch import nn
 
 from ..layers import AttentionModule
+from ..layers.contract import declared_no_weight_decay
 
-__all__ = ["WD_EXCLUDE_MODES", "attention_parameter_names", "declared_no_weight_decay", "check_attn_lr_mult", "check_wd_exclude", "param_groups"]
+__all__ = ["WD_EXCLUDE_MODES", "attention_parameter_names", "check_attn_lr_mult", "check_wd_exclude", "param_groups"]
 
 WD_EXCLUDE_MODES = ("none", "declared", "norm_bias")
 
@@ -46,16 +47,6 @@ def attention_parameter_names(model: nn.Module) -> set[str]:
     return names
 
 
-def declared_no_weight_decay(model: nn.Module) -> set[str]:
-    """Full names of the parameters that attention modules keep out of weight decay (``no_weight_decay()`` of each
-    ``AttentionModule``, e.g. GCT's beta), plus what the model itself declares (timm's convention)."""
-    names = set(model.no_weight_decay()) if callable(getattr(model, "no_weight_decay", None)) else set()
-    for prefix, m in model.named_modules():
-        if m is not model and isinstance(m, AttentionModule):
-            names |= {f"{prefix}.{n}" if prefix else n for n in m.no_weight_decay()}
-    return names
-
-
 def param_groups(model: nn.Module, lr: float, weight_decay: float, wd_exclude: str = "declared",
                  attn_lr_mult: float = 1.0) -> list[dict[str, Any]]:
     """Parameter groups for a torch optimizer, backbone groups first (the first group's rate is the one logged).
@@ -70,7 +61,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, wd_exclude: s
     """
     check_wd_exclude(wd_exclude)
     attn_lr_mult = check_attn_lr_mult(attn_lr_mult)
+    # what attention modules declare (GCT's beta, attach's scales), plus the model's own list (timm's convention)
     declared = declared_no_weight_decay(model)
+    if callable(getattr(model, "no_weight_decay", None)):
+        declared |= set(model.no_weight_decay())
     attention = attention_parameter_names(model) if attn_lr_mult != 1 else set()
     buckets: dict[tuple[bool, bool], list[nn.Parameter]] = {}  # (is attention, no decay) -> parameters
     for name, p in model.named_parameters():
