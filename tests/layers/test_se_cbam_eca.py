@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from convattn.layers import CBAM, ECA, SEModule, eca_kernel_size, make_divisible
+from convattn.models import create_model
 
 
 @pytest.mark.parametrize("c,ratio,div,expected", [(64, 1 / 16, 1, 4), (54, 1 / 16, 1, 3), (56, 1 / 16, 1, 3),
@@ -72,7 +73,7 @@ def test_cbam_counts_and_bn_settings():
 
 
 def test_cbam_concat_order_max_first():
-    m = CBAM(4, rd_channels=1).double().eval()
+    m = CBAM(4, rd_channels=1, init="pytorch").double().eval()  # BN weight 1: the conv tap reaches the gate
     with torch.no_grad():
         m.channel_gate.fc2.weight.zero_()
         m.channel_gate.fc2.bias.fill_(50.0)  # channel gate ~ 1
@@ -153,3 +154,47 @@ def test_bad_options():
         CBAM(64, pool_types=("avg", "median"))
     with pytest.raises(ValueError, match="Unknown activation"):
         SEModule(64, act_layer="swishy")
+
+
+def test_cbam_official_initialisation():
+    """The official ResNet's rule (Jongchan/attention-module model_resnet.py): biases 0, spatial BN weight 0 (a fresh
+    spatial gate is 0.5 everywhere), spatial 7x7 conv Kaiming-normal fan_out; ``init="pytorch"`` keeps the layers'
+    defaults."""
+    torch.manual_seed(0)
+    m = CBAM(512)
+    g, s = m.channel_gate, m.spatial_gate
+    assert m.init == "official" and "init=official" in repr(m)
+    assert torch.count_nonzero(g.fc1.bias) == 0 and torch.count_nonzero(g.fc2.bias) == 0
+    assert torch.count_nonzero(s.bn.weight) == 0 and torch.count_nonzero(s.bn.bias) == 0
+    # Kaiming-normal, fan_out = 1 * 7 * 7, gain sqrt(2): std sqrt(2 / 49); checked over many draws
+    w = torch.cat([CBAM(16).spatial_gate.conv.weight.flatten() for _ in range(200)])
+    assert w.mean().abs() < 0.01 and w.std().item() == pytest.approx((2 / 49) ** 0.5, rel=0.03)
+    bound = 1 / 512 ** 0.5  # MLP weights keep PyTorch's default (kaiming-uniform a=sqrt(5): |w| <= 1/sqrt(fan_in))
+    assert g.fc1.weight.abs().max() <= bound and g.fc1.weight.abs().max() > 0.9 * bound
+    x = torch.randn(2, 512, 6, 6)
+    for mode in (True, False):
+        assert torch.equal(m.train(mode).attention(x)["spatial"], torch.full((2, 1, 6, 6), 0.5))
+    old = CBAM(512, init="pytorch")
+    assert torch.all(old.spatial_gate.bn.weight == 1) and torch.count_nonzero(old.channel_gate.fc1.bias) > 0
+    with pytest.raises(ValueError, match="init must be one of"):
+        CBAM(16, init="xavier")
+    r = create_model("resnet20", attn="cbam")  # the model's init pass restores the module's own rule
+    assert all(torch.count_nonzero(b.attn.spatial_gate.bn.weight) == 0 for b in r.layer1)
+
+
+def test_eca_kernel_sizes_of_the_released_resnet50():
+    def sizes(m):
+        return [m.get_submodule(f"layer{i}.0.attn").kernel_size for i in (1, 2, 3, 4)]
+
+    def attn_params(m):
+        return sum(p.numel() for n, p in m.named_parameters() if ".attn." in n)
+    released = create_model("resnet50", attn="eca")
+    assert sizes(released) == [3, 5, 5, 7] and attn_params(released) == 80  # ECA-Net50's figure
+    adaptive = create_model("resnet50", attn="eca", eca_kernels="adaptive")
+    assert sizes(adaptive) == [5, 5, 5, 7] and attn_params(adaptive) == 86
+    assert sizes(create_model("resnet101", attn="eca")) == [3, 5, 5, 7]
+    assert sizes(create_model("resnet18", attn="eca")) == [3, 5, 5, 5]  # no released network: the formula
+    given = create_model("resnet50", attn="eca", attn_kwargs={"kernel_size": 9})
+    assert sizes(given) == [9, 9, 9, 9]
+    with pytest.raises(ValueError, match="eca_kernels"):
+        create_model("resnet20", attn="eca", eca_kernels="released")  # 3 stages

@@ -18,7 +18,8 @@ EXACT = [
     ("resnet101", {}, 44_549_160), ("resnet152", {}, 60_192_808),
     ("resnet50", dict(attn="se"), 28_088_024), ("resnet50", dict(attn="cbam"), 28_089_624),
     ("resnet50", dict(attn="eca", attn_kwargs=dict(kernel_size=[3, 5, 5, 7])), 25_557_112),
-    ("resnet50", dict(attn="eca"), 25_557_118), ("resnet50", dict(attn="gct"), 25_624_625),
+    ("resnet50", dict(attn="eca"), 25_557_112),
+    ("resnet50", dict(attn="eca", eca_kernels="adaptive"), 25_557_118), ("resnet50", dict(attn="gct"), 25_624_625),
     ("resnet50", dict(attn="steam"), 25_557_352), ("resnet50", dict(attn="steam", attn_blocks="all"), 25_558_056),
     ("resnet50", dict(conv="aw", conv_kwargs=dict(mode="out")), 25_718_228),
     ("resnet50", dict(conv="aw", conv_kwargs=dict(mode="full_g")), 28_150_804),
@@ -185,3 +186,21 @@ def test_resnet50_forward_odd_input(variant):
     m = create_model("resnet50", variant=variant, num_classes=10).eval()
     with torch.no_grad():
         assert m(torch.randn(1, 3, 97, 75)).shape == (1, 10)
+
+
+def test_stride_in_1x1_layout():
+    """ResNet v1 (official GCT networks): the stride on the first 1x1 conv; same parameters, other feature maps."""
+    v15 = create_model("resnet50", attn="gct")
+    v1 = create_model("resnet50", attn="gct", stride_in_1x1=True)
+    assert sum(p.numel() for p in v1.parameters()) == sum(p.numel() for p in v15.parameters())
+    blk = v1.layer3[0]
+    assert (blk.conv1.stride, blk.conv2.stride) == ((2, 2), (1, 1))
+    assert (v15.layer3[0].conv1.stride, v15.layer3[0].conv2.stride) == ((1, 1), (2, 2))
+    seen = {}
+    for name, m in (("v1", v1), ("v15", v15)):
+        h = m.layer3[0].gct2.register_forward_pre_hook(lambda mod, a, _n=name: seen.update({_n: a[0].shape[-1]}))
+        m.eval()(torch.randn(1, 3, 64, 64))
+        h.remove()
+    assert seen == {"v1": 4, "v15": 8}  # GCT before the 3x3 conv: the downsampled map in v1, the full one in v1.5
+    with pytest.raises(ValueError, match="stride_in_1x1 applies to Bottleneck"):
+        create_model("resnet18", stride_in_1x1=True)

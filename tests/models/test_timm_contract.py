@@ -122,3 +122,47 @@ def test_fx_feature_extraction(variant):
                 torch.testing.assert_close(g(x), m(x), rtol=1e-4, atol=1e-4)
         f = _model("convattn_resnet20", variant, features_only=True, feature_cls="fx")
         assert [t.shape[1] for t in f(x)] == [16, 16, 32, 64]
+
+
+def test_named_variants_are_timm_models():
+    from convattn.models.timm_models import NAMED_VARIANTS, timm_name
+    names = timm.list_models("convattn_*")
+    assert len(names) == 10 * (1 + len(NAMED_VARIANTS)) == 100
+    assert timm_name("resnet50", "cbam+aw") == "convattn_resnet50_cbam_aw" and "convattn_resnet50_cbam_aw" in names
+    m = timm.create_model("convattn_resnet20_se_aw", num_classes=3)
+    ref = timm.create_model("convattn_resnet20", variant="se+aw", num_classes=3)
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    assert timm.get_pretrained_cfg("convattn_resnet20_steam").input_size == (3, 32, 32)
+    with pytest.raises(ValueError, match="is the 'se' variant"):
+        timm.create_model("convattn_resnet20_se", attn="cbam")
+
+
+@pytest.mark.parametrize("variant", ["none", "steam", "aw", "gct"])
+def test_factory_device_dtype_and_head_reset(variant):
+    m = timm.create_model("convattn_resnet20", variant=variant, device="meta", dtype=torch.float64)
+    assert {t.device.type for t in [*m.parameters(), *m.buffers()]} == {"meta"}
+    assert {p.dtype for p in m.parameters()} == {torch.float64}
+    out = m.forward_features(torch.randn(1, 3, 32, 32, device="meta", dtype=torch.float64))
+    assert out.shape == (1, 64, 8, 8)
+    m.eval().reset_classifier(4)  # the new head where the model is, in its mode
+    assert (m.fc.weight.device.type, m.fc.weight.dtype, m.fc.training) == ("meta", torch.float64, False)
+    flat = timm.create_model("convattn_resnet20", variant=variant, num_classes=0, global_pool="")
+    assert flat(torch.randn(1, 3, 32, 32)).shape == (1, 64, 8, 8)  # no pooling: the unpooled map
+    with pytest.raises(TypeError):
+        timm.create_model("convattn_resnet20", not_a_model_arg=1)
+
+
+def test_bf16_model_gives_bf16_output():
+    m = timm.create_model("convattn_resnet20_steam").eval().to(torch.bfloat16)
+    assert m(torch.randn(2, 3, 32, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_torchscript_is_refused_with_the_reason_and_trace_works():
+    m = timm.create_model("convattn_resnet20_se").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with pytest.raises(NotImplementedError, match="torch.export.export"):
+            torch.jit.script(m)
+        x = torch.randn(2, 3, 32, 32)
+        traced = torch.jit.trace(m, x)
+    torch.testing.assert_close(traced(x), m(x))

@@ -148,8 +148,8 @@ def load_image(path: str | os.PathLike, in_chans: int, size: int, mean, std) -> 
 
 def validation_images(cfg: Any, info: dict[str, Any], indices: list[int]) -> list[tuple[str, torch.Tensor, np.ndarray, int]]:
     """(name, normalised tensor (1, C, H, W), display image, label) for validation images of a run's data set."""
-    from ..data import build_data
-    data = build_data(cfg.data, cfg.data_dir, 1, 1, train_size=cfg.train_size, workers=0)
+    from ..tasks.classification import data_for
+    data = data_for(cfg, 1, 1, workers=0)
     mean, std = torch.tensor(info["mean"]).view(-1, 1, 1), torch.tensor(info["std"]).view(-1, 1, 1)
     items = []
     for i in indices:

@@ -14,9 +14,11 @@ import numpy as np
 from .cifar import load_cifar
 from .fashion_mnist import CLASSES as FMNIST_CLASSES
 from .fashion_mnist import find_fashion_mnist, load_embedded, load_fashion_mnist_split
+from .folder import FolderDataConfig, FolderSurvey, resolve_folder_data_config, survey_folder
 from .loaders import FolderLoader, TensorLoader
 
-__all__ = ["DataBundle", "build_data", "list_datasets", "DATASETS", "stratified_subset", "list_image_files"]
+__all__ = ["DataBundle", "build_data", "list_datasets", "DATASETS", "stratified_subset", "list_image_files",
+           "FolderDataConfig", "FolderSurvey", "survey_folder", "resolve_folder_data_config"]
 
 DATASETS = {
     "embedded": "Fashion-MNIST subset shipped in the package (10k train / 2k test, 28x28 grey)",
@@ -28,6 +30,8 @@ DATASETS = {
 _ALIASES = {"default": "embedded", "fashion-mnist-subset": "embedded", "fmnist": "fashion-mnist",
             "imagefolder": "folder", "imagenet": "folder"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_IMAGENET_CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear", mean=IMAGENET_MEAN,
+                     std=IMAGENET_STD)
 
 
 @dataclass
@@ -41,6 +45,7 @@ class DataBundle:
     classes: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    folder_cfg: FolderDataConfig | None = None  # how a folder's images are read (None for tensor data sets)
 
 
 def list_datasets() -> list[str]:
@@ -78,21 +83,27 @@ def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
 def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None, batch_size: int = 128,
                eval_batch_size: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
                workers: int = 2, train_size: int | None = None, image_size: int | None = None,
-               pad: int | None = None, flip: bool = True) -> DataBundle:
-    """Build train/val loaders for a named data set (see ``DATASETS``)."""
+               pad: int | None = None, flip: bool = True, model_cfg: dict[str, Any] | None = None,
+               pretrained: bool = False) -> DataBundle:
+    """Build train/val loaders for a named data set (see ``DATASETS``).
+
+    For a folder, the input pipeline is resolved from the images and ``model_cfg`` (the model's data cfg,
+    ``convattn.models.default_data_cfg``; ImageNet's if None) as :func:`resolve_folder_data_config` describes;
+    ``pretrained`` keeps the model's normalisation and three channels.
+    """
     key = resolve_name(name)
     eval_batch_size = eval_batch_size or batch_size
     if key == "folder":
         if data_dir is None:
             raise FileNotFoundError("--data folder needs --data-dir pointing to a tree with train/ and val/ sub-folders")
-        size = image_size or 224
-        common = dict(image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD, workers=workers, seed=seed, rank=rank,
-                      world_size=world_size)
+        cfg = resolve_folder_data_config(survey_folder(data_dir), model_cfg or _IMAGENET_CFG, image_size, pretrained)
+        common = dict(data_cfg=cfg, workers=workers, seed=seed, rank=rank, world_size=world_size)
         train = FolderLoader(data_dir, "train", batch_size, True, **common)
         val = FolderLoader(data_dir, "val", eval_batch_size, False, **common)
         if train.classes != val.classes:
             raise ValueError(f"{data_dir}: train/ and val/ have different class folders")
-        return DataBundle(key, train, val, len(train.classes), 3, size, train.classes, IMAGENET_MEAN, IMAGENET_STD)
+        return DataBundle(key, train, val, len(train.classes), cfg.input_size[0], cfg.input_size[-1], train.classes,
+                          cfg.mean, cfg.std, cfg)
     if key == "embedded":
         z = load_embedded()
         xtr, ytr, xte, yte, classes = z["x_train"], z["y_train"].astype(np.int64), z["x_test"], z["y_test"].astype(

@@ -7,15 +7,19 @@ processes see the same samples per step as one process with the same total batch
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from .folder import FolderDataConfig
 
 import numpy as np
 import torch
 
-__all__ = ["TensorLoader", "FolderLoader", "epoch_generator", "open_image"]
+__all__ = ["TensorLoader", "FolderLoader", "epoch_generator", "open_image", "folder_transform"]
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
@@ -108,11 +112,28 @@ class TensorLoader(_EpochLoader):
             yield (x - self.mean) / self.std, yb
 
 
+def folder_transform(cfg: "FolderDataConfig", train: bool):
+    """The image transform of a folder data config: small images are resized (if needed) to the input size, then
+    padded, randomly cropped and flipped as in the CIFAR recipes; larger ones go through timm's ImageNet transforms
+    (RandomResizedCrop + flip for training, resize + centre crop at ``crop_pct`` for evaluation)."""
+    from torchvision import transforms as T
+    size = cfg.input_size[-1]
+    if cfg.augment == "pad_crop":
+        from timm.data.transforms import str_to_interp_mode
+        steps = [T.Resize(size, interpolation=str_to_interp_mode(cfg.interpolation)), T.CenterCrop(size)]
+        if train:
+            steps += [T.RandomCrop(size, padding=cfg.pad), T.RandomHorizontalFlip()]
+        return T.Compose(steps + [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
+    from timm.data import create_transform
+    return create_transform(size, is_training=train, hflip=0.5 if train else 0.0, color_jitter=None,
+                            mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
+
+
 _WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 
 
 def open_image(path: str | os.PathLike, mode: str = "RGB"):
-    """A PIL image in ``mode`` (``"RGB"`` or ``"L"``); 16-bit and 32-bit grey images are scaled to 8 bits by their
+    """A PIL image in ``mode`` (``"RGB"``, ``"L"``, or ``"keep"`` for the file's own); 16-bit and 32-bit grey images are scaled to 8 bits by their
     bit depth instead of being clipped (PIL's own convert clips them at 255, turning them white). Oversized images
     (PIL's decompression-bomb limit) and unreadable files raise a ValueError naming the file."""
     from PIL import Image, UnidentifiedImageError
@@ -132,7 +153,7 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
         else:
             top = 65535.0 if img.mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
         img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-    return img.convert(mode)
+    return img if mode == "keep" else img.convert(mode)
 
 
 def _walk_once(root: str) -> list[tuple[str, list[str]]]:
@@ -155,7 +176,7 @@ class _CheckedImageFolder:
     """torchvision ImageFolder that names the file it could not read, scales 16-bit images correctly and lists
     each real folder once (symlink loops)."""
 
-    def __new__(cls, root: Path, transform):
+    def __new__(cls, root: Path, transform, mode: str = "RGB"):
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -173,25 +194,23 @@ class _CheckedImageFolder:
                 return samples
 
         try:
-            return _Folder(str(root), transform=transform, loader=open_image)
+            return _Folder(str(root), transform=transform, loader=functools.partial(open_image, mode=mode))
         except FileNotFoundError as e:
             raise FileNotFoundError(f"{root}: {e}. Expected one sub-folder per class holding images") from e
 
 
 class FolderLoader(_EpochLoader):
-    """An ImageFolder tree (``root/train/<class>/*``, ``root/val/<class>/*``) through a DataLoader."""
+    """An ImageFolder tree (``root/train/<class>/*``, ``root/val/<class>/*``) through a DataLoader, read and
+    augmented as a resolved :class:`~convattn.data.folder.FolderDataConfig` says."""
 
-    def __init__(self, root: str | os.PathLike, split: str, batch_size: int, train: bool, image_size: int,
-                 mean: tuple[float, ...], std: tuple[float, ...], workers: int = 2, seed: int = 0, rank: int = 0,
-                 world_size: int = 1, crop_pct: float = 0.875, interpolation: str = "bilinear") -> None:
-        from timm.data import create_transform
+    def __init__(self, root: str | os.PathLike, split: str, batch_size: int, train: bool, data_cfg: "FolderDataConfig",
+                 workers: int = 2, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         folder = Path(root) / split
         if not folder.is_dir():
             raise FileNotFoundError(f"ImageFolder split {folder} not found: expected {root}/train/<class>/... and "
                                     f"{root}/val/<class>/...")
-        tf = create_transform(image_size, is_training=train, hflip=0.5 if train else 0.0, color_jitter=None,
-                              mean=mean, std=std, crop_pct=crop_pct, interpolation=interpolation)
-        self.dataset = _CheckedImageFolder(folder, tf)
+        self.dataset = _CheckedImageFolder(folder, folder_transform(data_cfg, train),
+                                           "L" if data_cfg.input_size[0] == 1 else "RGB")
         if train and batch_size > len(self.dataset):
             raise ValueError(f"batch size {batch_size} is larger than the training set ({len(self.dataset)} images)")
         if batch_size % world_size:

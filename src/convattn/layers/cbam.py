@@ -22,6 +22,7 @@ from .helpers import check_input, check_width, get_act_layer, make_divisible
 __all__ = ["CBAM", "ChannelGate", "SpatialGate"]
 
 _POOL_TYPES = ("avg", "max", "lp", "lse")
+_INITS = ("official", "pytorch")
 
 
 def _pool(x: torch.Tensor, pool_type: str) -> torch.Tensor:
@@ -105,6 +106,8 @@ class CBAM(AttentionModule):
         kernel_size: Spatial gate kernel (official 7).
         no_spatial: Channel gate only.
         mlp_bias: Biases in the MLP (official True; timm's default is False).
+        init: ``"official"`` (default; the official ResNet's initialisation, see ``reset_attention_parameters``)
+            or ``"pytorch"`` (PyTorch's default init of each layer, convattn's earlier default).
     """
 
     def __init__(
@@ -118,24 +121,42 @@ class CBAM(AttentionModule):
             no_spatial: bool = False,
             mlp_bias: bool = True,
             act_layer: str | Callable[[], nn.Module] = "relu",
+            init: str = "official",
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         check_width(type(self).__name__, channels, None if rd_channels is not None else rd_ratio)
+        if init not in _INITS:
+            raise ValueError(f"CBAM init must be one of {_INITS}, got {init!r}")
         dd = {"device": device, "dtype": dtype}
+        self.init = init
         self.channels = channels
         self.channel_gate = ChannelGate(
             channels, rd_ratio, rd_channels, rd_divisor, pool_types, mlp_bias, act_layer, **dd)
         self.spatial_gate = None if no_spatial else SpatialGate(kernel_size, **dd)
+        self.reset_attention_parameters()
 
     def reset_attention_parameters(self) -> None:
-        """Default PyTorch init of the convs; BN weight 1, bias 0."""
-        self.channel_gate.fc1.reset_parameters()
-        self.channel_gate.fc2.reset_parameters()
+        """``init="official"``: the official ResNet's rule (Jongchan/attention-module, ``model_resnet.py``): MLP
+        weights at PyTorch's default, every bias 0, the spatial conv Kaiming-normal (fan_out, gain sqrt(2)) and the
+        spatial BN weight 0, so a fresh spatial gate is the constant 0.5. ``init="pytorch"``: PyTorch's default
+        init of every layer (BN weight 1)."""
+        gate = self.channel_gate
+        gate.fc1.reset_parameters()
+        gate.fc2.reset_parameters()
         if self.spatial_gate is not None:
             self.spatial_gate.conv.reset_parameters()
             self.spatial_gate.bn.reset_parameters()
+        if self.init != "official":
+            return
+        for fc in (gate.fc1, gate.fc2):
+            if fc.bias is not None:
+                nn.init.zeros_(fc.bias)
+        if self.spatial_gate is not None:
+            nn.init.kaiming_normal_(self.spatial_gate.conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(self.spatial_gate.bn.weight)
+            nn.init.zeros_(self.spatial_gate.bn.bias)
 
     def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         mc, ms = self.gates(x)
@@ -156,4 +177,4 @@ class CBAM(AttentionModule):
         return x
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, spatial={self.spatial_gate is not None}"
+        return f"channels={self.channels}, spatial={self.spatial_gate is not None}, init={self.init}"

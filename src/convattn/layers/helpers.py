@@ -1,6 +1,7 @@
 """Small shared helpers for the attention layers: width rounding, layer resolution, input checks."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -90,6 +91,13 @@ def to_2tuple(v: int | tuple[int, int] | list[int]) -> tuple[int, int]:
             raise ValueError(f"expected an int or a pair, got {v!r}")
         return int(v[0]), int(v[1])
     return int(v), int(v)
+
+
+def autocast_off(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """A context that disables autocast on ``x``'s device (nothing to disable on devices without autocast, such
+    as ``meta``)."""
+    kind = x.device.type
+    return torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else contextlib.nullcontext()
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:

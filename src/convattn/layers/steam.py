@@ -21,7 +21,7 @@ from torch import nn
 
 from .contract import AttentionModule
 from .eca import eca_kernel_size
-from .helpers import adaptive_avg_pool2d, check_input, check_width, is_exporting, to_2tuple, upcast
+from .helpers import adaptive_avg_pool2d, autocast_off, check_input, check_width, is_exporting, to_2tuple, upcast
 
 __all__ = ["STEAM", "ScalarGraphAttention", "channel_spatial_gate"]
 
@@ -230,7 +230,7 @@ class STEAM(AttentionModule):
             return (xf if cg is None else xf * cg.to(xf.dtype)).amax(1, keepdim=True)
         if cg is None:
             return xf.mean(1, keepdim=True)
-        with torch.autocast(x.device.type, enabled=False):  # a mean, kept at the input's (upcast) precision
+        with autocast_off(x):  # a mean, kept at the input's (upcast) precision
             return _channel_weighted_sum(xf, cg.to(xf.dtype) / c)  # sum_c cg_c x_c / C
 
     def spatial_logits(self, x: torch.Tensor, cg: torch.Tensor | None = None) -> torch.Tensor:
@@ -346,6 +346,6 @@ def channel_spatial_gate(x: torch.Tensor, cg: torch.Tensor, sg: torch.Tensor, in
     if torch.jit.is_tracing() or torch.jit.is_scripting():
         return x * cg * sg
     if torch.is_grad_enabled() and (x.requires_grad or cg.requires_grad or sg.requires_grad):
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_off(x):
             return _ChannelSpatialGate.apply(x, cg, sg)
     return (x.mul_(cg) if inplace else x.mul(cg)).mul_(sg)

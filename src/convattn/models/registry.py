@@ -1,7 +1,6 @@
 """Model registry: ``create_model(name, attn=..., conv=...)``, ``list_models()``, variant strings, timm hookup."""
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -12,7 +11,7 @@ from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name, lo
 from .helpers import load_pretrained
 from .resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["create_model", "list_models", "register_model", "parse_variant", "Variant", "variant_name", "DEFAULT_VARIANTS"]
+__all__ = ["create_model", "default_data_cfg", "list_models", "register_model", "parse_variant", "Variant", "variant_name", "DEFAULT_VARIANTS"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -129,8 +128,10 @@ def create_model(name: str, variant: str | None = None, pretrained: bool = False
     return model
 
 
-def _imagenet(block: type[nn.Module], layers: tuple[int, ...]) -> Callable[..., nn.Module]:
-    return functools.partial(ResNet, block, layers)
+def _imagenet(block: type[nn.Module], layers: tuple[int, ...], **defaults: Any) -> Callable[..., nn.Module]:
+    def build(**kwargs: Any) -> nn.Module:
+        return ResNet(block, layers, **{**defaults, **kwargs})
+    return build
 
 
 def _cifar(depth: int) -> Callable[..., nn.Module]:
@@ -142,13 +143,39 @@ def _cifar(depth: int) -> Callable[..., nn.Module]:
     return build
 
 
-for _name, _block, _layers in (
-        ("resnet18", BasicBlock, (2, 2, 2, 2)), ("resnet34", BasicBlock, (3, 4, 6, 3)),
-        ("resnet50", Bottleneck, (3, 4, 6, 3)), ("resnet101", Bottleneck, (3, 4, 23, 3)),
-        ("resnet152", Bottleneck, (3, 8, 36, 3))):
-    register_model(_name)(_imagenet(_block, _layers))
+_RELEASED_ECA = dict(eca_kernels="released")  # ECA-Net50/101 were released with k = 3, 5, 5, 7 per stage
+for _name, _block, _layers, _defaults in (
+        ("resnet18", BasicBlock, (2, 2, 2, 2), {}), ("resnet34", BasicBlock, (3, 4, 6, 3), {}),
+        ("resnet50", Bottleneck, (3, 4, 6, 3), _RELEASED_ECA), ("resnet101", Bottleneck, (3, 4, 23, 3), _RELEASED_ECA),
+        ("resnet152", Bottleneck, (3, 8, 36, 3), {})):
+    register_model(_name)(_imagenet(_block, _layers, **_defaults))
 for _depth in (20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}")(_cifar(_depth))
+
+
+_IMAGENET_CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
+                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+
+def default_data_cfg(name: str) -> dict[str, Any]:
+    """The data cfg a model was designed for (timm ``pretrained_cfg`` keys ``input_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``): convattn's own cfgs, timm's for ``timm:`` names, ImageNet's
+    (224, 0.875, bilinear) for ``torchvision:`` names."""
+    from timm.models import get_pretrained_cfg
+    keys = tuple(_IMAGENET_CFG)
+    lib, _, arch = name.partition(":") if is_backbone_name(name) else ("convattn", "", name)
+    if lib == "torchvision":
+        return dict(_IMAGENET_CFG)
+    if lib == "convattn":
+        if name not in _MODELS:
+            raise ValueError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}")
+        register_timm()
+        arch = f"convattn_{name}"
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return dict(_IMAGENET_CFG)
+    d = cfg.to_dict()
+    return {k: (d.get(k) if d.get(k) is not None else _IMAGENET_CFG[k]) for k in keys}
 
 
 def register_timm() -> list[str]:

@@ -132,15 +132,17 @@ class Bottleneck(nn.Module):
             conv3x3: ConvFactory = _plain_conv,
             conv1x1: ConvFactory = _plain_conv,
             drop_path: float = 0.0,
+            stride_in_1x1: bool = False,
     ) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
         outplanes = planes * self.expansion
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)  # ResNet v1 (stride on conv1) or v1.5 (on conv2)
         self.gct1 = _identity_or(gct_layer(inplanes) if gct_layer else None)
-        self.conv1 = conv1x1(inplanes, width, 1)
+        self.conv1 = conv1x1(inplanes, width, 1, s1)
         self.bn1 = norm_layer(width)
         self.gct2 = _identity_or(gct_layer(width) if gct_layer else None)
-        self.conv2 = conv3x3(width, width, 3, stride, 1, groups)
+        self.conv2 = conv3x3(width, width, 3, s3, 1, groups)
         self.bn2 = norm_layer(width)
         self.gct3 = _identity_or(gct_layer(width) if gct_layer else None)
         self.conv3 = conv1x1(width, outplanes, 1)
@@ -209,6 +211,22 @@ def _resolve_blocks(spec: Any, layers: Sequence[int]) -> set[tuple[int, int]]:
     return out
 
 
+# ECA kernel sizes per stage of the released ECA-Net50 / ECA-Net101 (BangguWu/ECANet, k_size=[3, 5, 5, 7])
+ECA_RELEASED_KERNELS = (3, 5, 5, 7)
+
+
+def _eca_kernels(rule: str | Sequence[int], num_stages: int) -> list[int] | None:
+    """Per-stage ECA kernel sizes: ``"adaptive"`` (None: each module's formula from its channels), ``"released"``
+    (the released ECA-Net50/101's 3, 5, 5, 7) or an explicit list."""
+    if rule == "adaptive":
+        return None
+    ks = ECA_RELEASED_KERNELS if rule == "released" else rule
+    if isinstance(ks, str) or len(ks) != num_stages:
+        raise ValueError(f"eca_kernels must be 'adaptive', 'released' (3, 5, 5, 7; 4-stage ResNets) or {num_stages} "
+                         f"odd sizes, one per stage; got {rule!r}")
+    return [int(k) for k in ks]
+
+
 def _stage_kwargs(kwargs: dict[str, Any], stage: int, num_stages: int) -> dict[str, Any]:
     """A list value in attention kwargs is taken per stage (e.g. ECA kernel_size=[3, 5, 5, 7])."""
     out = {}
@@ -248,6 +266,11 @@ class ResNet(nn.Module):
             ``drop_path_rate * i / (n - 1)`` in training (timm's linear rule).
         global_pool: Pooling before the classifier (``"avg"``, ``"max"``, ``"avgmax"``, ``"catavgmax"``, or
             ``""`` for none), as timm's ``SelectAdaptivePool2d``.
+        stride_in_1x1: Bottleneck stride on the first 1x1 conv (ResNet v1, the layout of the official GCT and
+            original ResNets) instead of the 3x3 conv (v1.5, torchvision's; the default). Same parameters.
+        eca_kernels: Per-stage ECA kernel sizes when ECA is the attention and ``attn_kwargs`` sets no
+            ``kernel_size``: ``"adaptive"`` (the paper's formula from the channels), ``"released"`` (3, 5, 5, 7 of
+            the released ECA-Net50/101; the default of convattn's ResNet-50/101) or a list.
     """
 
     def __init__(
@@ -273,8 +296,12 @@ class ResNet(nn.Module):
             drop_rate: float = 0.0,
             drop_path_rate: float = 0.0,
             global_pool: str = "avg",
+            stride_in_1x1: bool = False,
+            eca_kernels: str | Sequence[int] = "adaptive",
     ) -> None:
         super().__init__()
+        if stride_in_1x1 and block is not Bottleneck:
+            raise ValueError("stride_in_1x1 applies to Bottleneck ResNets (50 and deeper); BasicBlock has no 1x1 conv")
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         if len(layers) != len(widths) or len(layers) not in (3, 4):
@@ -310,6 +337,9 @@ class ResNet(nn.Module):
         if not isinstance(attn, str) and attn is not None:
             out_parts = ["custom"]
         num_stages = len(layers)
+        eca_sizes = _eca_kernels(eca_kernels, num_stages)
+        if out_parts == ["eca"] and "kernel_size" not in attn_kwargs and eca_sizes is not None:
+            attn_kwargs["kernel_size"] = eca_sizes
         out_spec = get_attn_spec(out_parts[0]) if len(out_parts) == 1 and out_parts != ["custom"] else None
         if attn_blocks is None and out_spec is not None:
             placed = resolve_placement(out_spec.placement)(list(layers))
@@ -375,9 +405,10 @@ class ResNet(nn.Module):
                 if out_parts and (s, b) in placed:
                     attn_layer = lambda c, _kw=kw: create_attn(out_attn, c, **_kw)  # noqa: E731
                 gct_layer = gct if (gct_placement == "every_conv" or gct is None) else None
+                extra = dict(stride_in_1x1=True) if stride_in_1x1 else {}
                 blk = block(self.inplanes, planes, stride if b == 0 else 1, downsample if b == 0 else None,
                             groups, width_per_group, norm_layer, attn_layer, gct_layer, conv3x3, conv1x1,
-                            next(block_rates))
+                            next(block_rates), **extra)
                 if gct is not None and gct_placement == "per_block":
                     blk.gct1 = gct(self.inplanes)
                 blocks.append(blk)
@@ -396,7 +427,7 @@ class ResNet(nn.Module):
 
     def _head(self, num_classes: int, global_pool: str) -> tuple[nn.Module, nn.Module]:
         from timm.layers import SelectAdaptivePool2d
-        pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))  # no pooling: keep (N, C, H, W)
         feats = self.num_features * pool.feat_mult()
         return pool, (nn.Linear(feats, num_classes) if num_classes > 0 else nn.Identity())
 
@@ -419,6 +450,13 @@ class ResNet(nn.Module):
         """Full names of parameters that their modules exclude from weight decay (e.g. GCT's beta)."""
         return declared_no_weight_decay(self)
 
+    def __prepare_scriptable__(self) -> "ResNet":
+        """Called by ``torch.jit.script``: refused with the reason and the routes that work."""
+        raise NotImplementedError(
+            "convattn models do not support torch.jit.script: their attention uses custom autograd functions and "
+            "export-time path selection that TorchScript cannot compile, and TorchScript is deprecated in PyTorch. "
+            "Use torch.export.export, torch.onnx.export (both exporters) or torch.jit.trace instead")
+
     # --- timm model API ---
 
     @torch.jit.ignore
@@ -439,7 +477,10 @@ class ResNet(nn.Module):
         """A new (re-initialised) classifier for ``num_classes`` (0: none, features only) and optionally pooling."""
         self.num_classes = num_classes
         pool = self.global_pool.pool_type if global_pool is None else global_pool
+        ref = self.conv1.weight  # the new head lives where the model lives (device, dtype, train/eval)
         self.global_pool, self.fc = self._head(num_classes, pool)
+        self.global_pool.train(self.training)
+        self.fc.to(device=ref.device, dtype=ref.dtype).train(self.training)
 
     def _stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3, self.layer4][:self.num_stages]

@@ -9,15 +9,18 @@ downloaded: these configs name no URL or hub id, and ``pretrained`` without a fi
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 from typing import Any
+
+import torch
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 from torch import nn
 
-__all__ = ["default_cfgs", "register_all", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["default_cfgs", "register_all", "timm_name", "NAMED_VARIANTS", "CIFAR_MEAN", "CIFAR_STD"]
 
 # CIFAR-10 training-set channel statistics (the usual values for the CIFAR ResNets)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -37,39 +40,66 @@ def _cfg(cifar: bool) -> dict[str, Any]:
                 classifier="fc", license="apache-2.0")
 
 
-default_cfgs = generate_default_cfgs({f"convattn_{n}": _cfg(n in _CIFAR) for n in _IMAGENET + _CIFAR})
+# Named variants registered as models of their own (``convattn_resnet50_cbam_aw``), as timm names
+# ``seresnet50`` / ``ecaresnet50d``: the variants the papers compare, plus Coordinate Attention.
+NAMED_VARIANTS = ("se", "cbam", "eca", "gct", "steam", "coord", "aw", "se+aw", "cbam+aw")
 
 
-def _build(name: str, pretrained: bool, **kwargs: Any) -> nn.Module:
-    from .registry import _MODELS
+def timm_name(name: str, variant: str | None = None) -> str:
+    """timm model name of a convattn ResNet and variant: ``("resnet50", "se+aw")`` -> ``"convattn_resnet50_se_aw"``."""
+    suffix = "" if variant in (None, "none") else "_" + variant.replace("+", "_").replace("@", "_")
+    return f"convattn_{name}{suffix}"
+
+
+def _entries() -> list[tuple[str, str, str | None]]:
+    """(timm name, convattn model name, variant) of every registered entry."""
+    return [(timm_name(n, v), n, v) for n in _IMAGENET + _CIFAR for v in (None, *NAMED_VARIANTS)]
+
+
+default_cfgs = generate_default_cfgs({entry: _cfg(n in _CIFAR) for entry, n, _ in _entries()})
+
+
+def _build(name: str, pretrained: bool, fixed: str | None = None, **kwargs: Any) -> nn.Module:
+    from .registry import _MODELS, parse_variant
+    entry = timm_name(name, fixed)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not overlay.get("file"):
-        raise ValueError(f"convattn_{name} has no downloadable weights (convattn never downloads): pass "
+        raise ValueError(f"{entry} has no downloadable weights (convattn never downloads): pass "
                          "pretrained_cfg_overlay=dict(file='weights.pth') together with pretrained, or leave pretrained off")
     kwargs.pop("cache_dir", None)
     variant = kwargs.pop("variant", None)
+    if fixed is not None:
+        given = {k: kwargs[k] for k in ("attn", "conv") if kwargs.get(k) is not None}
+        if given or variant is not None:
+            raise ValueError(f"{entry} is the {fixed!r} variant; to choose attention yourself, build "
+                             f"convattn_{name} with attn=/conv=/variant= instead")
+        variant = fixed
     if variant is not None:
-        from .registry import parse_variant
         kwargs.update(parse_variant(variant))
     n_stages = 3 if name in _CIFAR else 4
     plain = not (kwargs.get("attn") or kwargs.get("conv"))  # a plain file into an attention variant: new keys
-    return build_model_with_cfg(_MODELS[name], f"convattn_{name}", pretrained, pretrained_strict=plain,
-                                feature_cfg=dict(out_indices=tuple(range(n_stages + 1))), **kwargs)
+    device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)  # timm's factory arguments
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = build_model_with_cfg(_MODELS[name], entry, pretrained, pretrained_strict=plain,
+                                     feature_cfg=dict(out_indices=tuple(range(n_stages + 1))), **kwargs)
+    return model.to(dtype=dtype) if dtype is not None else model
 
 
 def register_all() -> list[str]:
-    """Register ``convattn_<name>`` for every convattn ResNet (idempotent)."""
+    """Register ``convattn_<name>`` for every convattn ResNet, and ``convattn_<name>_<variant>`` for each of
+    ``NAMED_VARIANTS`` (idempotent)."""
     mod = sys.modules[__name__]
     names = []
-    for name in _IMAGENET + _CIFAR:
-        entry = f"convattn_{name}"
+    for entry, name, variant in _entries():
         if not hasattr(mod, entry):
-            def fn(pretrained: bool = False, _name: str = name, **kwargs: Any) -> nn.Module:
-                return _build(_name, pretrained, **kwargs)
+            def fn(pretrained: bool = False, _name: str = name, _variant: str | None = variant,
+                   **kwargs: Any) -> nn.Module:
+                return _build(_name, pretrained, _variant, **kwargs)
 
             fn.__name__ = fn.__qualname__ = entry
             fn.__module__ = __name__
-            fn.__doc__ = f"convattn {name} (any attention variant: attn=..., conv=..., variant=...)."
+            fn.__doc__ = (f"convattn {name} with {variant!r}." if variant else
+                          f"convattn {name} (any attention variant: attn=..., conv=..., variant=...).")
             setattr(mod, entry, timm_register_model(fn))
         names.append(entry)
     return names

@@ -19,12 +19,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data import build_data
 from ..models import DEFAULT_VARIANTS, parse_variant
 from ..profile.counting import count_complexity
 from ..profile.latency import measure_latency, prepare_for_timing
 from ..report import atomic_write_text, print_table, save_figure, to_markdown, write_csv
-from ..tasks.classification import TrainConfig, build_model, resolve_config, train
+from ..tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
 
 __all__ = ["CompareConfig", "run_compare", "DEFAULT_STUDY"]
 
@@ -138,7 +137,7 @@ def _per_seed_table(variants: list[str], seeds: Sequence[int], results: dict[str
 
 
 def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]) -> list[dict[str, Any]]:
-    data = build_data(base.data, base.data_dir, base.batch_size, seed=0, train_size=base.train_size, workers=0)
+    data = data_for(replace(base, seed=0), base.batch_size, workers=0)
     models = [build_model(replace(base, variant=v), data).eval() for v in variants]
     x1 = torch.randn(1, data.in_chans, data.image_size, data.image_size)
     rows = []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DataBundle, build_data, resolve_name
-from ..models import create_model, parse_variant
+from ..models import create_model, default_data_cfg, parse_variant
 from ..report import atomic_write_text, save_figure, write_csv
 from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_weights, run_lock,
                          save_checkpoint)
@@ -39,11 +40,38 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar-step": dict(epochs=160, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
                        schedule="step", milestones=[80, 120], warmup_epochs=0.0, label_smoothing=0.0),
     "imagenet": dict(epochs=100, batch_size=256, lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4,
-                     schedule="step", milestones=[30, 60, 90], warmup_epochs=0.0, label_smoothing=0.0,
-                     image_size=224),
+                     schedule="step", milestones=[30, 60, 90], warmup_epochs=0.0, label_smoothing=0.0),
+    # small folder data sets (the default below LARGE_FOLDER images): the CIFAR recipe, batch and LR scaled to the size
+    "small": dict(epochs=30, batch_size=128, lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-4,
+                  schedule="cosine", warmup_epochs=1.0, label_smoothing=0.0),
 }
-_DEFAULT_PRESET = {"embedded": "fmnist", "fashion-mnist": "fmnist", "cifar10": "cifar", "cifar100": "cifar",
-                   "folder": "imagenet"}
+_DEFAULT_PRESET = {"embedded": "fmnist", "fashion-mnist": "fmnist", "cifar10": "cifar", "cifar100": "cifar"}
+LARGE_FOLDER = 50_000  # training images from which a folder gets the ImageNet recipe
+
+
+def folder_recipe(num_train: int) -> tuple[str, dict[str, Any]]:
+    """The default preset of a folder data set with ``num_train`` training images and the values scaled to it.
+
+    Large folders get the ImageNet recipe. Smaller ones get the ``small`` (CIFAR-style) recipe with a batch of
+    about a twentieth of the images (a power of two in 16..128, so every epoch has ~20 updates or more) and the
+    learning rate scaled linearly with the batch (0.1 at 128).
+    """
+    if num_train >= LARGE_FOLDER:
+        return "imagenet", {}
+    batch = int(min(128, max(16, 2 ** math.floor(math.log2(max(num_train / 20, 1))))))
+    return "small", dict(batch_size=min(batch, num_train))
+
+
+def _default_preset(d: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """(preset, values scaled to the data, how it was chosen) for a config without ``--preset``."""
+    if d["data"] != "folder":
+        return _DEFAULT_PRESET[d["data"]], {}, f"default for {d['data']}"
+    if not d.get("data_dir"):
+        return "imagenet", {}, "default for folder"
+    from ..data import survey_folder
+    n = survey_folder(d["data_dir"]).num_train
+    preset, scaled = folder_recipe(n)
+    return preset, scaled, f"folder of {n:,} training images"
 
 
 @dataclass
@@ -98,15 +126,20 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
     """Fill preset values, validate names; returns a new config."""
     d = asdict(cfg)
     d["data"] = resolve_name(cfg.data)
-    preset = cfg.preset or _DEFAULT_PRESET[d["data"]]
+    preset, scaled = cfg.preset, {}
+    if preset is None:
+        preset, scaled, _ = _default_preset(d)
     if preset not in PRESETS:
         raise ValueError(f"Unknown preset '{preset}'. Valid presets: {', '.join(PRESETS)}")
     d["preset"] = preset
-    for k, v in PRESETS[preset].items():
+    for k, v in {**PRESETS[preset], **scaled}.items():
         if d.get(k) is None:
             d[k] = v
-    if d["data"] != "folder":
-        d["image_size"] = cfg.image_size  # tensor data sets keep their native size
+    if preset == "small":
+        if cfg.lr is None:  # linear scaling with the batch (0.1 at 128)
+            d["lr"] = PRESETS["small"]["lr"] * d["batch_size"] / 128
+        if cfg.warmup_epochs is None:  # short runs: at most a fifth of the run warms up
+            d["warmup_epochs"] = min(PRESETS["small"]["warmup_epochs"], d["epochs"] / 5)
     if d["schedule"] not in ("cosine", "step"):
         raise ValueError(f"schedule must be 'cosine' or 'step', got {d['schedule']!r}")
     if d["schedule"] == "step" and not d.get("milestones"):
@@ -215,6 +248,31 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def data_for(cfg: TrainConfig, batch_size: int, eval_batch_size: int | None = None, rank: int = 0,
+             world_size: int = 1, workers: int | None = None) -> DataBundle:
+    """The run's data; a folder's input pipeline is resolved from its images and the model's data cfg."""
+    folder = cfg.data == "folder"
+    return build_data(cfg.data, cfg.data_dir, batch_size, eval_batch_size, cfg.seed, rank, world_size,
+                      cfg.workers if workers is None else workers, cfg.train_size, cfg.image_size,
+                      model_cfg=default_data_cfg(cfg.model) if folder else None, pretrained=bool(cfg.pretrained_path))
+
+
+def describe_run(cfg: TrainConfig, data: DataBundle) -> list[str]:
+    """What was resolved, for printing at the start of a run: the data config and the recipe."""
+    n_train, n_val = data.train.num_samples, data.val.num_samples
+    lines = [f"data: {data.name}, {n_train:,} train / {n_val:,} val images, {data.num_classes} classes, input "
+             f"{data.in_chans}x{data.image_size}x{data.image_size}"]
+    if data.folder_cfg is not None:
+        lines.append(f"data config: {data.folder_cfg.summary()}")
+    steps = len(data.train)
+    sched = cfg.schedule + (f" {cfg.milestones}" if cfg.schedule == "step" else "")
+    lines.append(f"recipe (preset {cfg.preset}; given options kept): {cfg.epochs} epochs x {steps} steps, batch {cfg.batch_size}, "
+                 f"lr {cfg.lr:g} ({sched}, warm-up {cfg.warmup_epochs:g} ep), momentum {cfg.momentum:g}"
+                 f"{' nesterov' if cfg.nesterov else ''}, weight decay {cfg.weight_decay:g}, label smoothing "
+                 f"{cfg.label_smoothing:g}")
+    return lines
+
+
 def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: int | None = None,
                 in_chans: int | None = None) -> nn.Module:
     """The run's model for a data bundle (or explicit class and channel counts); an option a module does not take
@@ -254,8 +312,10 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         torch.backends.cudnn.benchmark = False
     seed_all(cfg.seed)
     device = info.device
-    data = build_data(cfg.data, cfg.data_dir, cfg.batch_size, cfg.eval_batch_size, cfg.seed, info.rank,
-                      info.world_size, cfg.workers, cfg.train_size, cfg.image_size)
+    data = data_for(cfg, cfg.batch_size, cfg.eval_batch_size, info.rank, info.world_size)
+    if info.is_main:
+        for line in describe_run(cfg, data):
+            print(line)
     model = build_model(cfg, data).to(device)
     if info.is_main and getattr(model, "pretrained_report", None) is not None:
         print(f"{cfg.model}: weights from {cfg.pretrained_path}: {model.pretrained_report.summary()}")
@@ -291,7 +351,8 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         atomic_write_text(out / "config.json", config_json)
         atomic_write_text(out / "data.json", json.dumps(dict(
             name=data.name, mean=data.mean, std=data.std, image_size=data.image_size, in_chans=data.in_chans,
-            num_classes=data.num_classes, classes=data.classes), indent=2))
+            num_classes=data.num_classes, classes=data.classes,
+            folder_cfg=data.folder_cfg.to_dict() if data.folder_cfg else None), indent=2))
 
     net: nn.Module = model
     if cfg.compile:
@@ -392,7 +453,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     if data_path.exists():
         info = json.loads(data_path.read_text())
     else:  # runs from before data.json: rebuild the statistics from the data set
-        d = build_data(cfg.data, cfg.data_dir, cfg.batch_size or 1, seed=cfg.seed, train_size=cfg.train_size, workers=0)
+        d = data_for(cfg, cfg.batch_size or 1, workers=0)
         info = dict(name=d.name, mean=d.mean, std=d.std, image_size=d.image_size, in_chans=d.in_chans,
                     num_classes=d.num_classes, classes=d.classes)
     model = build_model(cfg, num_classes=info["num_classes"], in_chans=info["in_chans"])
@@ -456,8 +517,7 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     info = init_distributed(device)
     batch_size = batch_size or cfg.eval_batch_size or cfg.batch_size or 256  # default: the batch used in training
     # same train_size: the normalisation statistics come from the training images
-    bundle = build_data(cfg.data, cfg.data_dir, batch_size, batch_size, cfg.seed, 0, 1, cfg.workers, cfg.train_size,
-                        cfg.image_size)
+    bundle = data_for(cfg, batch_size, batch_size)
     model = model.to(info.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -1,0 +1,163 @@
+"""What an ImageFolder tree holds, and the data config resolved from it and the model, as timm's
+``resolve_data_config`` resolves one from a model's ``pretrained_cfg``.
+
+The model's cfg gives the input size, crop, interpolation and normalisation it was designed (or pretrained) for;
+the images say what they are. Images smaller than the model's input are used at their own size (28 x 28 digits
+are not upscaled to 224), grey images are read as one channel, and a network trained from scratch is normalised
+with the images' own statistics. Loading pretrained weights keeps the model's normalisation and three channels.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FolderSurvey", "FolderDataConfig", "survey_folder", "resolve_folder_data_config", "SMALL_IMAGE"]
+
+SMALL_IMAGE = 64  # at or below this side, augment as for CIFAR (pad + random crop + flip), not RandomResizedCrop
+_GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+@dataclass(frozen=True)
+class FolderSurvey:
+    """Counts and a sample's properties of ``root/train`` and ``root/val``.
+
+    Attributes:
+        num_train, num_val: Image files per split.
+        classes: Class folder names.
+        size: Median (height, width) of the sampled training images.
+        grey: Every sampled image is single-channel.
+        mean, std: Per-channel statistics of the sampled images (0..1 scale; one value for grey).
+        sampled: How many images the properties come from.
+    """
+
+    root: str
+    num_train: int
+    num_val: int
+    classes: tuple[str, ...]
+    size: tuple[int, int]
+    grey: bool
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    sampled: int
+
+
+@dataclass(frozen=True)
+class FolderDataConfig:
+    """The resolved input pipeline of a folder data set; ``source`` says where each choice came from."""
+
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float
+    interpolation: str
+    augment: str  # "pad_crop" (small images) | "random_resized_crop"
+    pad: int
+    source: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        c, h, w = self.input_size
+        aug = f"pad {self.pad} + random crop + flip" if self.augment == "pad_crop" else "RandomResizedCrop + flip"
+        return (f"input {c}x{h}x{w} ({self.source.get('input_size', '')}), crop_pct {self.crop_pct}, "
+                f"{self.interpolation}, mean/std {_fmt(self.mean)}/{_fmt(self.std)} ({self.source.get('mean', '')}), "
+                f"train augmentation: {aug}")
+
+
+def _fmt(v: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
+
+
+def _image_files(split: Path) -> list[Path]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from .loaders import _walk_once
+    files = []
+    for cls in sorted(d.name for d in split.iterdir() if d.is_dir()):
+        for folder, names in _walk_once(str(split / cls)):
+            files += [Path(folder, f) for f in names if f.lower().endswith(IMG_EXTENSIONS)]
+    return files
+
+
+@functools.lru_cache(maxsize=8)
+def _survey(root: str, mtime: float, sample: int) -> FolderSurvey:
+    from .loaders import open_image
+    train, val = Path(root) / "train", Path(root) / "val"
+    for split in (train, val):
+        if not split.is_dir():
+            raise FileNotFoundError(f"ImageFolder split {split} not found: expected {root}/train/<class>/... and "
+                                    f"{root}/val/<class>/...")
+    files = _image_files(train)
+    if not files:
+        raise FileNotFoundError(f"no image files under {train}: expected one sub-folder per class holding images")
+    picks = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(sample, len(files))).astype(int))]
+    sizes, grey, sums, sq, count = [], True, None, None, 0
+    for p in picks:
+        img = open_image(p, mode="keep")
+        grey &= img.mode in _GREY_MODES
+        sizes.append((img.height, img.width))
+    mode = "L" if grey else "RGB"
+    for p in picks:  # statistics in the mode the images will be read in
+        a = np.asarray(open_image(p, mode=mode), dtype=np.float64).reshape(-1, 1 if grey else 3) / 255.0
+        sums = a.sum(0) if sums is None else sums + a.sum(0)
+        sq = (a * a).sum(0) if sq is None else sq + (a * a).sum(0)
+        count += len(a)
+    mean = sums / count
+    std = np.sqrt(np.maximum(sq / count - mean * mean, 1e-12))
+    h, w = np.median(np.asarray(sizes), axis=0).astype(int)
+    classes = tuple(sorted(d.name for d in train.iterdir() if d.is_dir()))
+    return FolderSurvey(root, len(files), len(_image_files(val)), classes, (int(h), int(w)), grey,
+                        tuple(float(x) for x in mean), tuple(float(x) for x in std), len(picks))
+
+
+def survey_folder(root: str | os.PathLike, sample: int = 256) -> FolderSurvey:
+    """Count the images of ``root/train`` and ``root/val`` and read ``sample`` training images spread over the
+    sorted file list (sizes, channels, statistics). Cached per folder while it is unchanged."""
+    root = str(Path(root))
+    train = Path(root) / "train"
+    mtime = train.stat().st_mtime if train.is_dir() else 0.0
+    return _survey(root, mtime, sample)
+
+
+def resolve_folder_data_config(survey: FolderSurvey, model_cfg: dict[str, Any], image_size: int | None = None,
+                               pretrained: bool = False) -> FolderDataConfig:
+    """The input pipeline for ``survey``'s images and a model's data cfg (timm ``pretrained_cfg`` keys
+    ``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``).
+
+    Size: ``image_size`` if given; else the model's input size, or the images' own (shorter median side) when they
+    are smaller, which are then not cropped. Channels: one for grey images unless pretrained weights are loaded.
+    Normalisation: the model's for pretrained weights, else the images' own.
+    """
+    src: dict[str, str] = {}
+    model_side = int(model_cfg["input_size"][-1])
+    image_side = min(survey.size)
+    if image_size is not None:
+        side, src["input_size"] = int(image_size), "--image-size"
+        crop = float(model_cfg.get("crop_pct", 0.875)) if side < image_side else 1.0
+    elif image_side < model_side:
+        side, crop = image_side, 1.0
+        src["input_size"] = f"images {survey.size[0]}x{survey.size[1]} < model's {model_side}: not upscaled"
+    else:
+        side, crop = model_side, float(model_cfg.get("crop_pct", 0.875))
+        src["input_size"] = f"model cfg (images {survey.size[0]}x{survey.size[1]})"
+    grey = survey.grey and not pretrained
+    if pretrained:
+        mean, std = tuple(model_cfg["mean"]), tuple(model_cfg["std"])
+        src["mean"] = "model cfg (pretrained weights)"
+    else:
+        mean, std = survey.mean, survey.std
+        if not grey and len(mean) == 1:
+            mean, std = mean * 3, std * 3
+        src["mean"] = f"{survey.sampled} training images"
+    chans = 1 if grey else 3
+    src["channels"] = "grey images" if grey else ("pretrained weights" if survey.grey else "colour images")
+    small = side <= SMALL_IMAGE
+    return FolderDataConfig((chans, side, side), tuple(mean), tuple(std), crop,
+                            str(model_cfg.get("interpolation", "bilinear")),
+                            "pad_crop" if small else "random_resized_crop", max(1, side // 8) if small else 0, src)
