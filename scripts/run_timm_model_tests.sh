@@ -3,7 +3,7 @@
 # distribution on PyPI) against every convattn_* model. Nothing of timm's is kept in this repository.
 #   bash scripts/run_timm_model_tests.sh [extra pytest arguments, e.g. -k "convattn_resnet20 and not torchscript"]
 set -euo pipefail
-py=${PYTHON:-python}
+py=$("${PYTHON:-python}" -c "import sys; print(sys.executable)")  # absolute: the tests run elsewhere
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 ver=$($py -c "import timm; print(timm.__version__)")

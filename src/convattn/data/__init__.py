@@ -30,8 +30,9 @@ DATASETS = {
 _ALIASES = {"default": "embedded", "fashion-mnist-subset": "embedded", "fmnist": "fashion-mnist",
             "imagefolder": "folder", "imagenet": "folder"}
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-_IMAGENET_CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear", mean=IMAGENET_MEAN,
-                     std=IMAGENET_STD)
+# the data cfg of an ImageNet network (timm pretrained_cfg keys); also the fallback of models without one
+IMAGENET_DATA_CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear", mean=IMAGENET_MEAN,
+                         std=IMAGENET_STD)
 
 
 @dataclass
@@ -96,7 +97,7 @@ def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None
     if key == "folder":
         if data_dir is None:
             raise FileNotFoundError("--data folder needs --data-dir pointing to a tree with train/ and val/ sub-folders")
-        cfg = resolve_folder_data_config(survey_folder(data_dir), model_cfg or _IMAGENET_CFG, image_size, pretrained)
+        cfg = resolve_folder_data_config(survey_folder(data_dir), model_cfg or IMAGENET_DATA_CFG, image_size, pretrained)
         common = dict(data_cfg=cfg, workers=workers, seed=seed, rank=rank, world_size=world_size)
         train = FolderLoader(data_dir, "train", batch_size, True, **common)
         val = FolderLoader(data_dir, "val", eval_batch_size, False, **common)

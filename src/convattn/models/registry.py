@@ -153,19 +153,17 @@ for _depth in (20, 32, 44, 56, 110):
     register_model(f"resnet{_depth}")(_cifar(_depth))
 
 
-_IMAGENET_CFG = dict(input_size=(3, 224, 224), crop_pct=0.875, interpolation="bilinear",
-                    mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
-
-
 def default_data_cfg(name: str) -> dict[str, Any]:
     """The data cfg a model was designed for (timm ``pretrained_cfg`` keys ``input_size``, ``crop_pct``,
     ``interpolation``, ``mean``, ``std``): convattn's own cfgs, timm's for ``timm:`` names, ImageNet's
     (224, 0.875, bilinear) for ``torchvision:`` names."""
     from timm.models import get_pretrained_cfg
-    keys = tuple(_IMAGENET_CFG)
+
+    from ..data import IMAGENET_DATA_CFG
+    keys = tuple(IMAGENET_DATA_CFG)
     lib, _, arch = name.partition(":") if is_backbone_name(name) else ("convattn", "", name)
     if lib == "torchvision":
-        return dict(_IMAGENET_CFG)
+        return dict(IMAGENET_DATA_CFG)
     if lib == "convattn":
         if name not in _MODELS:
             raise ValueError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}")
@@ -173,9 +171,9 @@ def default_data_cfg(name: str) -> dict[str, Any]:
         arch = f"convattn_{name}"
     cfg = get_pretrained_cfg(arch)
     if cfg is None:
-        return dict(_IMAGENET_CFG)
+        return dict(IMAGENET_DATA_CFG)
     d = cfg.to_dict()
-    return {k: (d.get(k) if d.get(k) is not None else _IMAGENET_CFG[k]) for k in keys}
+    return {k: (d.get(k) if d.get(k) is not None else IMAGENET_DATA_CFG[k]) for k in keys}
 
 
 def register_timm() -> list[str]:
