@@ -214,3 +214,15 @@ def test_inplace_only_in_inference():
         yi = m(xi)
     torch.testing.assert_close(yi, expected)
     assert yi.data_ptr() == xi.data_ptr()
+
+
+def test_weight_decay_option_declares_every_vector():
+    from convattn.models import create_model
+    from convattn.tasks.optim import param_groups
+    m = STEAM(64, weight_decay=False)
+    assert m.no_weight_decay() == {n for n, _ in m.named_parameters()} and len(m.no_weight_decay()) == 8  # q, k, v, o x 2
+    assert STEAM(64).no_weight_decay() == set()
+    net = create_model("resnet20", attn="steam", attn_kwargs={"weight_decay": False})
+    groups = param_groups(net, 0.1, 5e-4, "declared", 1.0)
+    no_decay = [g for g in groups if g["weight_decay"] == 0.0]
+    assert sum(p.numel() for g in no_decay for p in g["params"]) == 4 * 64  # 4 units x 8 * d at d = 8

@@ -90,6 +90,11 @@ def test_zero_weight_decay_trains_with_zero(tmp_path):
     (["compare", "--seeds", "1,1"], "seeds must be distinct integers >= 0"),
     (["compare", "--latency-batch", "0"], "latency_batch (--latency-batch) must be an integer >= 1, got 0"),
     (["compare", "--weight-decay", "-1"], "weight_decay (--weight-decay) must be a number >= 0"),
+    (["compare", "--task", "detection", "--data", "cifar10"], "Unknown detection data 'cifar10'"),
+    (["compare", "--variants", "se", "--conv-kwargs", '{"mode": "out"}'],
+     "configure AW-convolution, but none of the variants none, se has it"),
+    (["compare", "--variants", "aw", "--attn-kwargs", '{"d": 4}'],
+     "configure an attention module, but none of the variants none, aw has one"),
     (["export", "--model", "resnet20", "--num-classes", "0"], "num_classes (--num-classes) must be an integer >= 1"),
     (["export", "--model", "resnet20", "--input-size", "-3"], "input_size (--input-size) must be an integer >= 8"),
 ])
@@ -105,6 +110,30 @@ def test_compare_honours_zero_weight_decay(tmp_path):
     args = build_parser().parse_args(["compare", "--weight-decay", "0", "--warmup-epochs", "0"])
     over = _train_overrides(args)
     assert over["weight_decay"] == 0.0 and over["warmup_epochs"] == 0.0
+
+
+def test_compare_gives_module_options_to_the_variants_that_have_the_module(tmp_path):
+    """--attn-kwargs in a study: the attention runs get them, the baseline trains without them (it was refused)."""
+    from dataclasses import asdict
+
+    from convattn.study import CompareConfig
+    from convattn.study.compare import _base_config, _run_config
+    cfg = CompareConfig(model="resnet20", variants=["steam", "aw"], train=dict(attn_kwargs={"weight_decay": False},
+                                                                               epochs=1))
+    base = _base_config(cfg, ["none", "steam", "aw"])
+    runs = {v: _run_config(base, tmp_path, v, 0) for v in ("none", "steam", "aw")}
+    assert runs["steam"].attn_kwargs == {"weight_decay": False}
+    assert runs["none"].attn_kwargs == {} and runs["aw"].attn_kwargs == {}
+    for rc in runs.values():  # each run's own config resolves (the baseline's was refused before)
+        assert asdict(resolve_config(rc))["attn_kwargs"] == rc.attn_kwargs
+
+
+def test_data_set_without_a_default_recipe_is_refused(monkeypatch):
+    from convattn import data
+    monkeypatch.setitem(data.DATASETS, "newset", "a data set added without a preset")
+    with pytest.raises(ConfigError, match="data set 'newset' has no default recipe; choose one with --preset"):
+        resolve_config(TrainConfig(data="newset"))
+    assert resolve_config(TrainConfig(data="newset", preset="cifar")).preset == "cifar"
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -115,6 +115,8 @@ class STEAM(AttentionModule):
         feature_stride: Stride of the feature map w.r.t. the input image (for ``ogp_size="input/32"``).
         inplace: In inference (no autograd) multiply the gates into ``x`` itself instead of a new tensor
             (as ``nn.ReLU(inplace=True)``; for blocks that own their intermediate, e.g. after a norm layer).
+        weight_decay: Whether the optimizer decays the module's 8 * d vectors (True, default); False declares
+            them in ``no_weight_decay`` (kept out of decay under ``--wd-exclude declared``, the default).
     """
 
     def __init__(
@@ -137,10 +139,12 @@ class STEAM(AttentionModule):
             node_norm: bool = False,
             feature_stride: int | None = None,
             inplace: bool = False,
+            weight_decay: bool = True,
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        self.weight_decay = bool(weight_decay)
         if channels is not None:  # optional: the parameter count does not depend on it
             check_width(type(self).__name__, channels)
         choices = {
@@ -185,6 +189,10 @@ class STEAM(AttentionModule):
         self.register_buffer("_nb_index", torch.tensor([full.index(o) for o in offs]), persistent=False)
         self.cia = ScalarGraphAttention(d, heads, residual, **dd) if branches != "spatial" else None
         self.sia = ScalarGraphAttention(d, heads, residual, **dd) if branches != "channel" else None
+
+    def no_weight_decay(self) -> set[str]:
+        """With ``weight_decay=False`` every parameter of the module; else none."""
+        return set() if self.weight_decay else {n for n, _ in self.named_parameters()}
 
     def reset_attention_parameters(self) -> None:
         for m in (self.cia, self.sia):

@@ -24,6 +24,7 @@ from ..profile.counting import count_complexity
 from ..profile.latency import measure_latency, prepare_for_timing
 from ..report import atomic_write_text, print_table, save_figure, to_markdown, write_csv
 from ..tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
+from ..validate import ConfigError
 
 __all__ = ["CompareConfig", "run_compare", "DEFAULT_STUDY"]
 
@@ -63,13 +64,33 @@ def _slug(variant: str) -> str:
     return variant.replace("+", "_").replace("@", "-") or "none"
 
 
-def _base_config(cfg: CompareConfig) -> TrainConfig:
-    return resolve_config(TrainConfig(model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, threads=cfg.threads,
-                                      progress=cfg.progress, **cfg.train))
+def _base_config(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
+    """The study's recipe, resolved once; module options (``--attn-kwargs``/``--conv-kwargs``) are kept for the
+    variants that have the module (see ``_variant_config``) and refused when no variant has it."""
+    train = dict(cfg.train)
+    attn_kwargs, conv_kwargs = train.pop("attn_kwargs", None) or {}, train.pop("conv_kwargs", None) or {}
+    parts = [parse_variant(v) for v in variants]
+    if attn_kwargs and not any(p["attn"] for p in parts):
+        raise ConfigError(f"attn_kwargs (--attn-kwargs) {attn_kwargs} configure an attention module, but none of the "
+                          f"variants {', '.join(variants)} has one")
+    if conv_kwargs and not any(p["conv"] == "aw" for p in parts):
+        raise ConfigError(f"conv_kwargs (--conv-kwargs) {conv_kwargs} configure AW-convolution, but none of the "
+                          f"variants {', '.join(variants)} has it")
+    base = resolve_config(TrainConfig(model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, threads=cfg.threads,
+                                      progress=cfg.progress, **train))
+    return replace(base, attn_kwargs=dict(attn_kwargs), conv_kwargs=dict(conv_kwargs))
+
+
+def _variant_config(base: TrainConfig, variant: str) -> TrainConfig:
+    """The recipe for one variant: the module options only where the variant has the module (the baseline
+    trains with none)."""
+    parts = parse_variant(variant)
+    return replace(base, variant=variant, attn_kwargs=base.attn_kwargs if parts["attn"] else {},
+                   conv_kwargs=base.conv_kwargs if parts["conv"] == "aw" else {})
 
 
 def _run_config(base: TrainConfig, out: Path, variant: str, seed: int) -> TrainConfig:
-    return replace(base, variant=variant, seed=seed, out=str(out / "runs" / _slug(variant) / f"seed{seed}"))
+    return replace(_variant_config(base, variant), seed=seed, out=str(out / "runs" / _slug(variant) / f"seed{seed}"))
 
 
 def _check_study(out: Path, study: dict[str, Any]) -> None:
@@ -138,7 +159,7 @@ def _per_seed_table(variants: list[str], seeds: Sequence[int], results: dict[str
 
 def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]) -> list[dict[str, Any]]:
     data = data_for(replace(base, seed=0), base.batch_size, workers=0)
-    models = [build_model(replace(base, variant=v), data).eval() for v in variants]
+    models = [build_model(_variant_config(base, v), data).eval() for v in variants]
     x1 = torch.randn(1, data.in_chans, data.image_size, data.image_size)
     rows = []
     for v, m in zip(variants, models):
@@ -256,7 +277,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
-    base = _base_config(cfg)
+    base = _base_config(cfg, variants)
     recipe = {k: v for k, v in asdict(base).items() if k not in ("variant", "seed", "out", "progress", "threads")}
     study = dict(model=cfg.model, variants=variants, seeds=list(cfg.seeds), recipe=recipe,
                  command=command or "convattn " + shlex.join(sys.argv[1:]), environment=environment())

@@ -65,6 +65,9 @@ def folder_recipe(num_train: int) -> tuple[str, dict[str, Any]]:
 def _default_preset(d: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
     """(preset, values scaled to the data, how it was chosen) for a config without ``--preset``."""
     if d["data"] != "folder":
+        if d["data"] not in _DEFAULT_PRESET:
+            raise ConfigError(f"data set {d['data']!r} has no default recipe; choose one with --preset "
+                              f"({', '.join(PRESETS)})")
         return _DEFAULT_PRESET[d["data"]], {}, f"default for {d['data']}"
     if not d.get("data_dir"):
         return "imagenet", {}, "default for folder"

@@ -129,7 +129,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         from ..detection.compare import compare_detection
         from ..detection.engine import DetectConfig
         base = DetectConfig(detector=args.detector, backbone=args.backbone,
-                            data="embedded" if args.data == "embedded" else "coco", data_dir=args.data_dir,
+                            data=args.data, data_dir=args.data_dir,  # checked by the detection config
                             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
                             progress=not args.quiet, device=args.device)
         compare_detection(base, args.variants or ["steam", "aw"], seeds, args.out, "convattn " + shlex.join(sys.argv[1:]))
