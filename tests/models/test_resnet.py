@@ -181,6 +181,18 @@ def test_torch_compile(variant):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("variant", ["steam", "aw", "coord", "cbam+aw"])
+def test_torch_compile_captures_training_in_one_graph(variant):
+    """torch._dynamo.explain of a training forward (STEAM's fused-gate autograd function, AW's taps/fold choice):
+    one graph, no graph breaks."""
+    import torch._dynamo as dynamo
+    m = create_model("resnet20", variant=variant).train()
+    dynamo.reset()
+    e = dynamo.explain(lambda x: m(x).sum())(torch.randn(4, 3, 32, 32))
+    assert (e.graph_count, e.graph_break_count) == (1, 0), [str(b.reason) for b in e.break_reasons]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["none", "se", "cbam", "eca", "gct", "steam", "aw", "se+aw", "cbam+aw"])
 def test_resnet50_forward_odd_input(variant):
     m = create_model("resnet50", variant=variant, num_classes=10).eval()

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models import create_model, parse_variant
+from ..models import DEFAULT_VARIANTS, create_model, parse_variant
 from ..report import atomic_write_text, print_table, to_markdown, write_csv
 from ..validate import check_device, check_values
 from .counting import count_complexity
@@ -28,7 +28,7 @@ PROFILE_HEADERS = {
 @dataclass
 class ProfileConfig:
     models: Sequence[str] = ("resnet50",)
-    variants: Sequence[str] = ("none", "se", "cbam", "eca", "gct", "steam", "aw", "se+aw", "cbam+aw")
+    variants: Sequence[str] = DEFAULT_VARIANTS
     input_size: int | None = None  # None: 224 for ImageNet models, 32 for CIFAR models
     batch_size: int = 1
     device: str = "cpu"

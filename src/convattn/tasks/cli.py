@@ -75,10 +75,19 @@ def _variant(args: argparse.Namespace) -> str:
     return "+".join(parts) or "none"
 
 
+# TrainConfig fields that are not recipe options given per run (set by the command itself)
+_NOT_RECIPE = {"model", "variant", "data", "data_dir", "seed", "out", "resume", "deterministic", "threads", "progress",
+               "keep_last", "stop_after", "zero_init_last", "nesterov", "gamma", "warmup_lr", "min_lr"}
+
+
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("preset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "wd_exclude", "attn_lr_mult",
-            "schedule", "milestones", "warmup_epochs", "label_smoothing", "ema", "ema_decay", "amp", "channels_last",
-            "compile", "train_size", "image_size", "workers", "device", "attn_kwargs", "conv_kwargs", "pretrained_path")
+    """The recipe options given on the command line: every TrainConfig field the parser defines (no list kept
+    by hand beside the dataclass)."""
+    from dataclasses import fields
+
+    from .classification import TrainConfig
+    given = vars(args)
+    keys = [f.name for f in fields(TrainConfig) if f.name in given and f.name not in _NOT_RECIPE]
     if args.ema_decay is not None and not args.ema:
         raise ValueError(f"--ema-decay {args.ema_decay} has no effect without --ema; add --ema or drop --ema-decay")
     # every value given is passed on as given: 0, 0.0 and False are values, only None means "not given"
