@@ -77,12 +77,9 @@ def _fmt(v: tuple[float, ...]) -> str:
 def _image_files(split: Path) -> list[Path]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    from .loaders import _walk_once
-    files = []
-    for cls in sorted(d.name for d in split.iterdir() if d.is_dir()):
-        for folder, names in _walk_once(str(split / cls)):
-            files += [Path(folder, f) for f in names if f.lower().endswith(IMG_EXTENSIONS)]
-    return files
+    from .loaders import class_files
+    return [Path(f) for cls in sorted(d.name for d in split.iterdir() if d.is_dir())
+            for f in class_files(str(split / cls), tuple(IMG_EXTENSIONS))]
 
 
 @functools.lru_cache(maxsize=8)
@@ -97,19 +94,23 @@ def _survey(root: str, mtime: float, sample: int) -> FolderSurvey:
     if not files:
         raise FileNotFoundError(f"no image files under {train}: expected one sub-folder per class holding images")
     picks = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(sample, len(files))).astype(int))]
-    sizes, grey, sums, sq, count = [], True, None, None, 0
+    sizes, grey = [], True
+    # statistics in both modes the images may be read in, from one decode of each image; the mode is known at the end
+    sums = {m: np.zeros(c) for m, c in (("L", 1), ("RGB", 3))}
+    sq = {m: np.zeros(c) for m, c in (("L", 1), ("RGB", 3))}
+    count = 0
     for p in picks:
         img = open_image(p, mode="keep")
         grey &= img.mode in _GREY_MODES
         sizes.append((img.height, img.width))
+        for m in sums:
+            a = np.asarray(img.convert(m), dtype=np.float64).reshape(-1, len(sums[m])) / 255.0
+            sums[m] += a.sum(0)
+            sq[m] += (a * a).sum(0)
+        count += img.height * img.width
     mode = "L" if grey else "RGB"
-    for p in picks:  # statistics in the mode the images will be read in
-        a = np.asarray(open_image(p, mode=mode), dtype=np.float64).reshape(-1, 1 if grey else 3) / 255.0
-        sums = a.sum(0) if sums is None else sums + a.sum(0)
-        sq = (a * a).sum(0) if sq is None else sq + (a * a).sum(0)
-        count += len(a)
-    mean = sums / count
-    std = np.sqrt(np.maximum(sq / count - mean * mean, 1e-12))
+    mean = sums[mode] / count
+    std = np.sqrt(np.maximum(sq[mode] / count - mean * mean, 1e-12))
     h, w = np.median(np.asarray(sizes), axis=0).astype(int)
     classes = tuple(sorted(d.name for d in train.iterdir() if d.is_dir()))
     return FolderSurvey(root, len(files), len(_image_files(val)), classes, (int(h), int(w)), grey,

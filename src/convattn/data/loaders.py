@@ -172,6 +172,11 @@ def _walk_once(root: str) -> list[tuple[str, list[str]]]:
     return out
 
 
+def class_files(folder: str, exts: tuple[str, ...]) -> list[str]:
+    """Image files (by extension) under one class folder, each real sub-folder once, in sorted order."""
+    return [os.path.join(sub, f) for sub, files in _walk_once(folder) for f in files if f.lower().endswith(exts)]
+
+
 class _CheckedImageFolder:
     """torchvision ImageFolder that names the file it could not read, scales 16-bit images correctly and lists
     each real folder once (symlink loops)."""
@@ -186,9 +191,8 @@ class _CheckedImageFolder:
                 exts = tuple(extensions or IMG_EXTENSIONS)
                 samples = []
                 for name in sorted(class_to_idx):
-                    for folder, files in _walk_once(os.path.join(directory, name)):
-                        samples += [(os.path.join(folder, f), class_to_idx[name]) for f in files
-                                    if f.lower().endswith(exts) and (is_valid_file is None or is_valid_file(f))]
+                    samples += [(f, class_to_idx[name]) for f in class_files(os.path.join(directory, name), exts)
+                                if is_valid_file is None or is_valid_file(f)]
                 if not samples and not allow_empty:
                     raise FileNotFoundError(f"no image files ({', '.join(exts)}) under {directory}")
                 return samples
