@@ -19,9 +19,8 @@ import torch
 
 from convattn.models import parse_variant  # noqa: F401  (validates variant names early)
 from convattn.report import atomic_write_text, to_markdown, write_csv
-from convattn.tasks.classification import TrainConfig, _scheduler, build_model, data_for, resolve_config, train
-from convattn.tasks.common import seed_all
-from convattn.tasks.optim import param_groups
+from convattn.engine import create_scheduler, param_groups, seed_all
+from convattn.tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
 
 
 def engine_epochs(cfg: TrainConfig) -> list[float]:
@@ -39,7 +38,9 @@ def bare_epochs(cfg: TrainConfig) -> list[float]:
     model = build_model(cfg, data)
     opt = torch.optim.SGD(param_groups(model, cfg.lr, cfg.weight_decay, cfg.wd_exclude, cfg.attn_lr_mult),
                           lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    sched = _scheduler(opt, cfg, len(data.train))
+    steps = len(data.train)
+    sched = create_scheduler(opt, cfg.schedule, steps, cfg.epochs, int(round(cfg.warmup_epochs * steps)), cfg.warmup_lr,
+                             cfg.min_lr, cfg.milestones, cfg.gamma)
     loss_fn = torch.nn.CrossEntropyLoss()
     out, updates = [], 0
     for epoch in range(1, cfg.epochs + 1):

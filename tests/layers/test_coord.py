@@ -7,7 +7,7 @@ from convattn import create_attn, create_model
 from convattn.analysis.maps import attention_statistics
 from convattn.layers import AttentionModule, get_attn_spec
 from convattn.layers.coord import CoordAttention
-from convattn.tasks.optim import attention_parameter_names
+from convattn.engine.optim import attention_parameter_names
 
 
 def reference(x: torch.Tensor, m: CoordAttention) -> torch.Tensor:

@@ -218,7 +218,7 @@ def test_inplace_only_in_inference():
 
 def test_weight_decay_option_declares_every_vector():
     from convattn.models import create_model
-    from convattn.tasks.optim import param_groups
+    from convattn.engine.optim import param_groups
     m = STEAM(64, weight_decay=False)
     assert m.no_weight_decay() == {n for n, _ in m.named_parameters()} and len(m.no_weight_decay()) == 8  # q, k, v, o x 2
     assert STEAM(64).no_weight_decay() == set()

@@ -13,7 +13,7 @@ from convattn.layers.contract import placement_stage_ends
 from convattn.models import VERIFIED_BACKBONES
 from convattn.models.attach import ResidualScale, find_blocks, register_block
 from convattn.models.resnet import STEAM_DEFAULT_BLOCKS
-from convattn.tasks.optim import attention_parameter_names, param_groups
+from convattn.engine.optim import attention_parameter_names, param_groups
 
 
 def _plain(name: str) -> nn.Module:

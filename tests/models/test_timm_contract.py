@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 from timm.data import resolve_data_config
+from timm.layers import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import convattn  # noqa: F401  (registers convattn_* with timm)
@@ -106,16 +107,20 @@ def test_local_weights_through_pretrained_cfg_overlay(tmp_path):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_fx_feature_extraction(variant):
-    """torchvision's create_feature_extractor (STEAM as a leaf module) and timm's fx features trace every variant;
-    plain torch.fx.symbolic_trace traces all but STEAM, whose graph depends on the map size."""
+    """timm's fx tracing (its registered leaf modules: STEAM, AWConv2d) reproduces the eager model bit for bit;
+    torchvision's create_feature_extractor and plain torch.fx.symbolic_trace trace through AW (its export path:
+    the same maths, another summation order) and every variant but STEAM, whose graph depends on the map size."""
     m = _model("convattn_resnet20", variant).eval()
     x = torch.randn(2, 3, 32, 32)
+    leaf = dict(leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        timm_fx = create_feature_extractor(m, {"layer3": "out"}, tracer_kwargs=leaf)
         fe = create_feature_extractor(m, {"layer2": "mid", "layer3": "out"}, tracer_kwargs={"leaf_modules": [STEAM]})
         with torch.no_grad():
-            # AW runs its export-safe implementation (unfold) while traced: the same maths, other rounding
-            torch.testing.assert_close(fe(x)["out"], m.forward_features(x), rtol=1e-4, atol=1e-4)
+            eager = m.forward_features(x)
+            torch.testing.assert_close(timm_fx(x)["out"], eager, rtol=0, atol=0)
+            torch.testing.assert_close(fe(x)["out"], eager, rtol=1e-4, atol=1e-4)
         if "steam" not in variant:
             g = torch.fx.symbolic_trace(m)
             with torch.no_grad():
@@ -163,6 +168,10 @@ def test_torchscript_is_refused_with_the_reason_and_trace_works():
         warnings.simplefilter("ignore", FutureWarning)
         with pytest.raises(NotImplementedError, match="torch.export.export"):
             torch.jit.script(m)
+        from convattn.layers import AWConv2d
+        for module in (STEAM(16), AWConv2d(8, 8, 3, padding=1)):  # also inside an fx graph (timm's fx-script test)
+            with pytest.raises(NotImplementedError, match=f"{type(module).__name__} modules do not support"):
+                torch.jit.script(module)
         x = torch.randn(2, 3, 32, 32)
         traced = torch.jit.trace(m, x)
     torch.testing.assert_close(traced(x), m(x))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from convattn.tasks.checkpoint import latest_checkpoint, load_checkpoint
+from convattn.engine.checkpoint import latest_checkpoint, load_checkpoint
 from convattn.models import create_model
 
 ARGS = ["--model", "resnet20", "--epochs", "3", "--train-size", "512", "--batch-size", "64", "--quiet",

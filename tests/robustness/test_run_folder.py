@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from convattn.cli import main
-from convattn.tasks import checkpoint as ckpt
-from convattn.tasks.checkpoint import CheckpointError, RunInUseError, latest_checkpoint, run_lock, save_checkpoint
+from convattn.engine import checkpoint as ckpt
+from convattn.engine.checkpoint import CheckpointError, RunInUseError, latest_checkpoint, run_lock, save_checkpoint
 from convattn.tasks.classification import TrainConfig, train
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from convattn.cli import build_parser, main
 from convattn.tasks.classification import TrainConfig, resolve_config
-from convattn.tasks.cli import _train_overrides, _variant
+from convattn.cli.tasks import _train_overrides, _variant
 from convattn.validate import ConfigError, check_device, check_value
 
 
@@ -164,7 +164,7 @@ def test_unknown_module_option_is_one_line(tmp_path, capsys):
 
 
 def test_worker_errors_are_reduced_to_their_last_line(tmp_path, capsys, monkeypatch):
-    import convattn.tasks.cli as tcli
+    import convattn.cli.tasks as tcli
 
     def boom(args):
         raise ValueError("Caught ValueError in DataLoader worker process 0.\nOriginal Traceback (most recent call "

@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from convattn.cli import main
 from convattn.models import create_model
-from convattn.tasks.checkpoint import CheckpointError
+from convattn.engine.checkpoint import CheckpointError
 from convattn.tasks.classification import TrainConfig, evaluate_run, recalibrate_bn, train
-from convattn.tasks.optim import param_groups
+from convattn.engine.optim import param_groups
 
 TINY = dict(model="resnet20", train_size=256, batch_size=64, epochs=2, warmup_epochs=0.5, progress=False, threads=2)
 

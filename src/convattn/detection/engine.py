@@ -1,11 +1,11 @@
-"""Detection training, COCO evaluation (pycocotools) and prediction drawing, with atomic resumable checkpoints."""
+"""Detection on the shared engine (``convattn.engine``): config and presets, data sets and detector, the task's
+loss, COCO evaluation (pycocotools), run loading and prediction drawing."""
 from __future__ import annotations
 
 import contextlib
 import json
 
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..report import atomic_write_text, to_markdown, write_csv
-from ..tasks.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_weights, run_lock,
-                                save_checkpoint)
-from ..tasks.common import Progress, autocast, seed_all
-from ..tasks.distributed import DistInfo, barrier, distributed_session
+from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
+from ..engine.checkpoint import CheckpointError, latest_checkpoint, load_weights, run_lock
+from ..engine.common import seed_all
+from ..engine.distributed import DistInfo, distributed_session
+from ..report import atomic_write_text, to_markdown
 from ..validate import ConfigError, check_values
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
 from .models import create_detector
@@ -146,13 +146,6 @@ def build_detector(cfg: DetectConfig, num_classes: int) -> nn.Module:
                            cfg.attn_norm_trainable, cfg.min_size, cfg.max_size, backbone_kwargs=bkw, **extra)
 
 
-def _lr_at(cfg: DetectConfig, updates: int, epoch: int) -> float:
-    warm = min(1.0, (updates + 1) / cfg.warmup_iters) if cfg.warmup_iters else 1.0
-    warm = 0.001 + (1 - 0.001) * warm  # linear warm-up from 0.1% of the LR
-    drops = sum(epoch > m for m in cfg.milestones)
-    return cfg.lr * warm * 0.1 ** drops
-
-
 def _loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, info: DistInfo, workers: int):
     from torch.utils.data import DataLoader, DistributedSampler
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -171,6 +164,45 @@ def train_detector(cfg: DetectConfig) -> dict[str, Any]:
     with distributed_session(cfg.device) as info:
         with run_lock(cfg.out) if info.is_main else contextlib.nullcontext():  # one writer per run folder
             return _train(cfg, info)
+
+
+# what must agree between a run and the checkpoint it resumes from
+_IDENTITY_KEYS = ("detector", "backbone", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "epochs",
+                  "batch_size", "lr", "momentum", "weight_decay", "milestones", "warmup_iters", "min_size", "max_size",
+                  "trainable_layers", "frozen_bn", "attn_norm_trainable", "init_from", "seed")
+
+
+class DetectionTask:
+    """Detection / instance segmentation for the engine's loop: the torchvision detector's summed training losses
+    on (images, targets) batches; evaluation with pycocotools after the last epoch (``evaluate_detector``)."""
+
+    def __init__(self, cfg: DetectConfig, train_ds, opt: torch.optim.Optimizer, info: DistInfo) -> None:
+        self.cfg, self.train_ds, self.opt, self.info = cfg, train_ds, opt, info
+        self.name = f"{cfg.detector}/{cfg.backbone}/{cfg.variant}/seed{cfg.seed}"
+        self.steps_per_epoch = len(self._loader(1))
+
+    def _loader(self, epoch: int):
+        return _loader(self.train_ds, self.cfg.batch_size, True, self.cfg.seed, epoch, self.info, self.cfg.workers)
+
+    def batches(self, epoch: int):
+        return self._loader(epoch)
+
+    def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.info.device
+        images = [im.to(device) for im in batch[0]]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch[1]]
+        loss = sum(net(images, targets).values())
+        return loss, torch.tensor([loss.item(), 1.0, len(images)], dtype=torch.float64)  # loss sum, batches, images
+
+    def progress(self, sums: torch.Tensor, seconds: float) -> str:
+        return f"loss {sums[0] / sums[1]:.3f} lr {self.opt.param_groups[0]['lr']:.4f}"
+
+    def end_epoch(self, epoch: int, sums: torch.Tensor, seconds: float) -> dict[str, Any]:
+        return dict(loss=sums[0].item() / max(sums[1].item(), 1.0), epoch_time_s=seconds,
+                    images_per_s=sums[2].item() / seconds)
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        return f"{self.name} epoch {row['epoch']}/{self.cfg.epochs}: loss {row['loss']:.4f} ({row['images_per_s']:.1f} img/s)"
 
 
 def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
@@ -195,56 +227,22 @@ def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
         report = load_backbone_weights(model.backbone, sd)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start, updates, rows = 1, 0, []
-    last = latest_checkpoint(out / "checkpoints") if cfg.resume else None
-    if last is not None:
-        state, meta = load_checkpoint(last, model)
-        if meta.get("config", {}).get("variant") != cfg.variant or meta.get("config", {}).get("detector") != cfg.detector:
-            raise CheckpointError(f"{last} belongs to another detector/variant; use another --out")
-        opt.load_state_dict(state["optimizer"])
-        start, updates, rows = int(meta["epoch"]) + 1, int(state["updates"]), list(meta.get("metrics", []))
+    task = DetectionTask(cfg, train_ds, opt, info)
+    # torchvision's reference recipe: linear warm-up from 0.1 % of the LR over warmup_iters updates, x0.1 per milestone
+    sched = create_scheduler(opt, "step", task.steps_per_epoch, cfg.epochs, cfg.warmup_iters, cfg.lr * 1e-3,
+                             milestones=cfg.milestones, gamma=0.1)
+    settings = asdict(cfg)
+    state = resume_run(out / "checkpoints", settings, _IDENTITY_KEYS, model, opt, sched) if cfg.resume else RunState()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
+        atomic_write_text(out / "config.json", json.dumps(settings, indent=2))
         atomic_write_text(out / "data.json", json.dumps(dict(classes=train_ds.classes, num_classes=train_ds.num_classes)))
         if report is not None:
             atomic_write_text(out / "init_report.txt", report.summary() + "\n")
             print(f"backbone initialised from {cfg.init_from}: {report.summary()}")
-    net = nn.parallel.DistributedDataParallel(model) if info.enabled else model
-    name = f"{cfg.detector}/{cfg.backbone}/{cfg.variant}/seed{cfg.seed}"
-    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    with Progress(cfg.progress and info.is_main) as bar:
-        for epoch in range(start, last_epoch + 1):
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
-            net.train()
-            loader = _loader(train_ds, cfg.batch_size, True, cfg.seed, epoch, info, cfg.workers)
-            task = bar.add(f"{name} ep {epoch}/{cfg.epochs}", len(loader))
-            t0, tot, n = time.perf_counter(), 0.0, 0
-            for images, targets in loader:
-                images = [im.to(info.device) for im in images]
-                targets = [{k: v.to(info.device) for k, v in t.items()} for t in targets]
-                for g in opt.param_groups:
-                    g["lr"] = _lr_at(cfg, updates, epoch)
-                with autocast(info.device, cfg.amp):
-                    losses = net(images, targets)
-                loss = sum(losses.values())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: loss became {loss.item()} at update {updates}; lower --lr")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                updates += 1
-                tot, n = tot + loss.item(), n + 1
-                bar.update(task, f"loss {tot / n:.3f} lr {opt.param_groups[0]['lr']:.4f}")
-            row = dict(epoch=epoch, loss=tot / max(n, 1), lr=opt.param_groups[0]["lr"], epoch_time_s=time.perf_counter() - t0,
-                       images_per_s=n * cfg.batch_size / (time.perf_counter() - t0))
-            rows.append(row)
-            if info.is_main:
-                bar.print(f"{name} epoch {epoch}/{cfg.epochs}: loss {row['loss']:.4f} ({row['images_per_s']:.1f} img/s)")
-                write_csv(out / "metrics.csv", rows)
-                save_checkpoint(out / "checkpoints", epoch, model, {"optimizer": opt.state_dict(), "updates": updates},
-                                {"epoch": epoch, "config": asdict(cfg), "metrics": rows})
-            barrier(info)
+    loop = Loop(model, wrap_model(model, info), opt, info, out, settings, cfg.epochs, cfg.seed, sched, amp=cfg.amp,
+                stop_after=cfg.stop_after, progress=cfg.progress)
+    rows = loop.fit(task, state).rows
     if rows and rows[-1]["epoch"] < cfg.epochs:
         return {"stopped_after": rows[-1]["epoch"], "epochs": cfg.epochs}
     res = {}

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .contract import AttentionModule
-from .helpers import adaptive_avg_pool2d, check_input, is_exporting, to_2tuple
+from .helpers import (adaptive_avg_pool2d, check_input, is_exporting, refuse_torchscript, register_notrace_module,
+                      to_2tuple)
 
 __all__ = ["AWConv2d", "AW_MODES", "AW_IMPLS"]
 
@@ -65,6 +66,10 @@ def _numeric_padding(padding: Any, kernel_size: tuple[int, int], stride: tuple[i
     return to_2tuple(padding)
 
 
+# Eager AWConv2d picks its fastest exact implementation from the shapes; a symbolic trace cannot, and takes the
+# export path (same maths, another summation order). timm's fx feature extraction keeps the module as one leaf
+# call, so its graphs compute bit for bit what the eager model computes (plain torch.fx traces through it).
+@register_notrace_module
 class AWConv2d(nn.Conv2d, AttentionModule):
     """Drop-in ``nn.Conv2d`` whose kernel is modulated per sample: ``K'_n = K * (1 + A_n(X))``.
 
@@ -400,6 +405,10 @@ class AWConv2d(nn.Conv2d, AttentionModule):
         ys = [F.conv2d(x[i:i + 1], weight[i], None, self.stride, self.padding, self.dilation, self.groups)
               for i in range(x.shape[0])]
         return torch.cat(ys, 0)  # (N, C_out, H', W')
+
+    def __prepare_scriptable__(self) -> "AWConv2d":
+        """Called by ``torch.jit.script`` (also on a traced fx graph holding this module): refused with the reason."""
+        refuse_torchscript("AWConv2d modules")
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", mode={self.mode!r}, hidden={self.hidden_channels}, pool={self.pool!r}, "

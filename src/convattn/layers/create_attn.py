@@ -24,7 +24,7 @@ from .gct import GCT
 from .se import SEModule
 from .steam import STEAM
 
-__all__ = ["create_attn", "get_attn", "get_attn_spec", "list_attn", "register_attn", "AttnSequence"]
+__all__ = ["create_attn", "get_attn", "get_attn_spec", "list_attn", "register_attn", "AttnSequence", "module_options"]
 
 _SPECS: tuple[AttnSpec, ...] = (
     AttnSpec("se", SEModule, paper="Hu, Shen, Sun, CVPR 2018"),
@@ -46,6 +46,30 @@ def register_attn(spec: AttnSpec) -> AttnSpec:
         raise ValueError(f"attention {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+# constructor arguments that are the host layer's geometry or placement, not options of the attention itself
+_NOT_OPTIONS = {"self", "channels", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
+                "groups", "bias", "device", "dtype", "inplace"}
+
+
+def module_options(name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Every option of module ``name`` with the value a model built with ``kwargs`` uses: the constructor's
+    defaults, then the registry entry's, then ``kwargs`` (for reports: what was run, not fixed text).
+
+    Model-level defaults (e.g. a ResNet's AW ``mode``) are applied by the model builders and not seen here."""
+    import inspect
+    spec = get_attn_spec(name)
+    params = inspect.signature(spec.ctor.__init__ if isinstance(spec.ctor, type) else spec.ctor).parameters
+    opts = {k: p.default for k, p in params.items()
+            if k not in _NOT_OPTIONS and p.default is not inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    opts.update(spec.defaults)
+    unknown = sorted(set(kwargs or {}) - set(opts))
+    if unknown:
+        raise ValueError(f"{name} has no option(s) {', '.join(unknown)}; valid: {', '.join(sorted(opts))}")
+    opts.update(kwargs or {})
+    return opts
 
 
 def get_attn_spec(name: str) -> AttnSpec:

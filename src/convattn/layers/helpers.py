@@ -9,7 +9,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["make_divisible", "get_act_layer", "check_input", "check_width", "to_2tuple", "upcast", "adaptive_avg_pool2d",
-           "is_exporting"]
+           "is_exporting", "register_notrace_module", "refuse_torchscript"]
+
+try:  # timm's fx feature extraction (and its model tests) keep registered modules as one leaf call
+    from timm.layers import register_notrace_module
+except ImportError:  # pragma: no cover - timm is a dependency
+    def register_notrace_module(cls):  # type: ignore[no-redef]
+        return cls
 
 
 def make_divisible(v: float, divisor: int = 1, min_value: int | None = None, round_limit: float = 0.0) -> int:
@@ -126,3 +132,11 @@ def adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     ph = _pool_matrix(x.shape[-2], size[0], x)  # (kh, H)
     pw = _pool_matrix(x.shape[-1], size[1], x)  # (kw, W)
     return torch.matmul(torch.matmul(ph, x), pw.t())  # (N, C, kh, kw)
+
+
+def refuse_torchscript(what: str = "convattn models") -> None:
+    """Raise the one error ``torch.jit.script`` gets from convattn (models and the modules that cannot compile)."""
+    raise NotImplementedError(
+        f"{what} do not support torch.jit.script: their attention uses custom autograd functions and export-time "
+        "path selection that TorchScript cannot compile, and TorchScript is deprecated in PyTorch. Use "
+        "torch.export.export, torch.onnx.export (both exporters) or torch.jit.trace instead")

@@ -21,18 +21,11 @@ from torch import nn
 
 from .contract import AttentionModule
 from .eca import eca_kernel_size
-from .helpers import adaptive_avg_pool2d, autocast_off, check_input, check_width, is_exporting, to_2tuple, upcast
+from .helpers import (adaptive_avg_pool2d, autocast_off, check_input, check_width, is_exporting, refuse_torchscript,
+                      register_notrace_module, to_2tuple, upcast)
 
 __all__ = ["STEAM", "ScalarGraphAttention", "channel_spatial_gate"]
 
-
-# STEAM's graph construction depends on the map size (neighbourhoods, OGP grid): torch.fx and timm's fx feature
-# extraction keep the module as one leaf call (torch.export, ONNX and jit tracing trace through it).
-try:
-    from timm.layers import register_notrace_module as _register_notrace_module
-except ImportError:  # pragma: no cover - timm is a dependency
-    def _register_notrace_module(cls):
-        return cls
 
 
 class ScalarGraphAttention(nn.Module):
@@ -89,7 +82,9 @@ def _grid_offsets(window: int, neighbourhood: str) -> list[tuple[int, int]]:
     return offs
 
 
-@_register_notrace_module
+# STEAM's graph construction depends on the map size (neighbourhoods, OGP grid): timm's fx feature extraction
+# keeps the module as one leaf call (plain torch.fx, torch.export, ONNX and jit tracing trace through it).
+@register_notrace_module
 class STEAM(AttentionModule):
     """Channel (CIA) then spatial (SIA) graph attention with Output Guided Pooling; 8 * d parameters.
 
@@ -297,6 +292,10 @@ class STEAM(AttentionModule):
             sg = self._spatial_gate(x, cg if self.order == "channel_first" else None)  # (N, 1, H, W)
             return channel_spatial_gate(x, cg, sg, inplace=self.inplace)
         return x * self._spatial_gate(x)
+
+    def __prepare_scriptable__(self) -> "STEAM":
+        """Called by ``torch.jit.script`` (also on a traced fx graph holding this module): refused with the reason."""
+        refuse_torchscript("STEAM modules")
 
     def extra_repr(self) -> str:
         return (f"order={self.order!r}, branches={self.branches!r}, channel_graph={self.channel_graph!r}, "

@@ -23,7 +23,7 @@ from torch import nn
 from timm.layers import DropPath
 
 from ..layers import AWConv2d, create_attn
-from ..layers.helpers import is_exporting
+from ..layers.helpers import is_exporting, refuse_torchscript
 from ..layers.contract import declared_no_weight_decay, resolve_placement
 from ..layers.create_attn import get_attn_spec, split_attn_name
 
@@ -452,10 +452,7 @@ class ResNet(nn.Module):
 
     def __prepare_scriptable__(self) -> "ResNet":
         """Called by ``torch.jit.script``: refused with the reason and the routes that work."""
-        raise NotImplementedError(
-            "convattn models do not support torch.jit.script: their attention uses custom autograd functions and "
-            "export-time path selection that TorchScript cannot compile, and TorchScript is deprecated in PyTorch. "
-            "Use torch.export.export, torch.onnx.export (both exporters) or torch.jit.trace instead")
+        refuse_torchscript()
 
     # --- timm model API ---
 

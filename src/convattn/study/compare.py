@@ -60,6 +60,27 @@ def _default_aw_mode(model: str) -> str:
         else "full_g (ImageNet-ResNet default)"
 
 
+def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
+    """The options each attention module of the study ran with (constructor and registry defaults, then the
+    study's --attn-kwargs / --conv-kwargs), read from the code, never fixed text."""
+    from ..layers import module_options
+    names: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        parts = parse_variant(v)
+        for a in (parts["attn"] or "").split("+"):
+            if a and a != "none":
+                names.setdefault(a, base.attn_kwargs)
+        if parts["conv"] == "aw":
+            names.setdefault("aw", base.conv_kwargs)
+    lines = []
+    for name, kwargs in names.items():
+        opts = {k: repr(v) for k, v in module_options(name, kwargs).items()}
+        if name == "aw" and "mode" not in kwargs:
+            opts["mode"] = _default_aw_mode(base.model)
+        lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    return ("Module options (code defaults, then this study's options): " + "; ".join(lines) + ".") if lines else ""
+
+
 def _slug(variant: str) -> str:
     return variant.replace("+", "_").replace("@", "-") or "none"
 
@@ -376,9 +397,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           "each then the median over seeds, so that epochs or runs slowed by other work on the machine do not count; "
           "raw per-run totals in runs.csv.",
           "* AW-convolution and STEAM are reconstructions (no public code): numbers here are ours, not the papers'. "
-          f"AW mode: {base.conv_kwargs.get('mode', _default_aw_mode(base.model))}; STEAM: "
-          f"d={base.attn_kwargs.get('d', 8)}, {base.attn_kwargs.get('heads', 4)} heads, placement per convattn "
-          "defaults.", "",
+          + _module_lines(base, variants), "",
           "## Per seed", "",
           "A seed fixes the data order and augmentation for every arm, so each arm can also be compared with the "
           "baseline run of the same seed: Δ in brackets, then the mean of those paired differences with its "

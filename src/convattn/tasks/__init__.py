@@ -1,1 +1,1 @@
-"""Training tasks (classification)."""
+"""Training tasks on the shared engine: classification (convattn.detection holds detection)."""

@@ -1,4 +1,5 @@
-"""Classification training and evaluation: one engine for the CLI, ``compare`` and the Python API.
+"""Classification on the shared engine (``convattn.engine``): config and presets, data and model, the task's
+loss and evaluation, and run loading, for the CLI, ``compare`` and the Python API.
 
 Reproducible (seeded order, augmentation and dropout per epoch), resumable bit for bit from the last
 completed epoch, DistributedDataParallel under torchrun (gloo on CPU, nccl on CUDA), timm schedulers and EMA.
@@ -9,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,13 @@ from torch import nn
 
 from ..data import DataBundle, build_data, resolve_name
 from ..models import create_model, default_data_cfg, parse_variant
-from ..report import atomic_write_text, save_figure, write_csv
-from .checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_weights, run_lock,
-                         save_checkpoint)
-from .common import Progress, autocast, check_finite, seed_all
-from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
+from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
+from ..engine.checkpoint import CheckpointError, latest_checkpoint, load_weights, run_lock
+from ..engine.common import autocast, check_finite, seed_all
+from ..engine.distributed import DistInfo, all_reduce_sum, distributed_session, init_distributed
+from ..engine.optim import check_attn_lr_mult, check_wd_exclude, param_groups
+from ..report import atomic_write_text, save_figure
 from ..validate import ConfigError, check_values
-from .optim import check_attn_lr_mult, check_wd_exclude, param_groups
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
 
@@ -196,17 +196,6 @@ _IDENTITY_KEYS = ("model", "variant", "attn_kwargs", "conv_kwargs", "data", "tra
                   "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema", "attn_lr_mult")
 
 
-def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
-    from timm.scheduler import CosineLRScheduler, MultiStepLRScheduler
-    total = cfg.epochs * steps_per_epoch
-    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
-    common = dict(warmup_t=warmup, warmup_lr_init=cfg.warmup_lr, t_in_epochs=False)
-    if cfg.schedule == "cosine":
-        return CosineLRScheduler(opt, t_initial=total, lr_min=cfg.min_lr, **common)
-    return MultiStepLRScheduler(opt, decay_t=[m * steps_per_epoch for m in cfg.milestones], decay_rate=cfg.gamma,
-                                **common)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "none", channels_last: bool = False,
              info: DistInfo | None = None, epoch: int = 0) -> dict[str, float]:
@@ -305,9 +294,54 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             return _train(cfg, info)
 
 
+class ClassificationTask:
+    """Image classification for the engine's loop: cross-entropy on (image, label) batches, top-1/top-5 evaluation
+    after every epoch (and of the EMA weights when kept)."""
+
+    def __init__(self, cfg: TrainConfig, data: DataBundle, model: nn.Module, info: DistInfo, ema: Any = None) -> None:
+        self.cfg, self.data, self.model, self.info, self.ema = cfg, data, model, info, ema
+        self.name = f"{cfg.model}/{cfg.variant}/seed{cfg.seed}"
+        self.steps_per_epoch = len(data.train)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    def batches(self, epoch: int):
+        return self.data.train.epoch(epoch)
+
+    def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        device = self.info.device
+        x, y = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        check_finite(x)
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = net(x)
+        loss = self.criterion(logits.float(), y)
+        n = len(y)
+        correct = (logits.argmax(1) == y).sum().item()
+        return loss, torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)  # loss sum, correct, n
+
+    def progress(self, sums: torch.Tensor, seconds: float) -> str:
+        return (f"loss {sums[0] / sums[2]:.3f} acc {100 * sums[1] / sums[2]:.1f}% "
+                f"{sums[2].item() * self.info.world_size / seconds:.0f} img/s")
+
+    def end_epoch(self, epoch: int, sums: torch.Tensor, seconds: float) -> dict[str, Any]:
+        cfg, info = self.cfg, self.info
+        val = evaluate(self.model, self.data.val, info.device, cfg.amp, cfg.channels_last, info)
+        row = dict(train_loss=sums[0].item() / sums[2].item(),
+                   train_top1=100 * sums[1].item() / sums[2].item(), val_loss=val["loss"], val_top1=val["top1"],
+                   val_top5=val["top5"], images_per_s=sums[2].item() / seconds, epoch_time_s=seconds)
+        if self.ema is not None:
+            ev = evaluate(self.ema.module, self.data.val, info.device, cfg.amp, cfg.channels_last, info)
+            row.update(ema_top1=ev["top1"], ema_loss=ev["loss"])
+        return row
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        return (f"{self.name} epoch {row['epoch']}/{self.cfg.epochs}: train loss {row['train_loss']:.4f} "
+                f"top-1 {row['train_top1']:.2f}% | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% "
+                f"| {row['images_per_s']:.0f} img/s")
+
+
 def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     out = Path(cfg.out)
-    ckpt_root = out / "checkpoints"
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -327,105 +361,29 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.wd_exclude, cfg.attn_lr_mult)
     opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     steps = len(data.train)
-    sched = _scheduler(opt, cfg, steps)
+    sched = create_scheduler(opt, cfg.schedule, steps, cfg.epochs, int(round(cfg.warmup_epochs * steps)),
+                             cfg.warmup_lr, cfg.min_lr, cfg.milestones, cfg.gamma)
     ema = None
     if cfg.ema:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.ema_decay)
     scaler = torch.amp.GradScaler(device.type) if (cfg.amp == "fp16" and device.type == "cuda") else None
 
-    start_epoch, updates, rows = 1, 0, []
-    config_json = json.dumps(asdict(cfg), indent=2)
-    last = latest_checkpoint(ckpt_root) if cfg.resume else None
-    if last is not None:
-        state, meta = load_checkpoint(last, model, ema.module if ema is not None else None)
-        saved = meta.get("config", {})
-        diff = [k for k in _IDENTITY_KEYS if k in saved and saved[k] != asdict(cfg)[k]]
-        if diff:
-            raise CheckpointError(f"{last} belongs to a run with different settings ({', '.join(f'{k}: {saved[k]!r} -> {asdict(cfg)[k]!r}' for k in diff)}); "
-                                  f"use another --out or --no-resume")
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, updates, rows = int(meta["epoch"]) + 1, int(state["updates"]), list(meta.get("metrics", []))
+    settings = asdict(cfg)
+    state = resume_run(out / "checkpoints", settings, _IDENTITY_KEYS, model, opt, sched, scaler,
+                       ema.module if ema is not None else None) if cfg.resume else RunState()
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", config_json)
+        atomic_write_text(out / "config.json", json.dumps(settings, indent=2))
         atomic_write_text(out / "data.json", json.dumps(dict(
             name=data.name, mean=data.mean, std=data.std, image_size=data.image_size, in_chans=data.in_chans,
             num_classes=data.num_classes, classes=data.classes,
             folder_cfg=data.folder_cfg.to_dict() if data.folder_cfg else None), indent=2))
 
-    net: nn.Module = model
-    if cfg.compile:
-        net = torch.compile(net)
-    if info.enabled:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    name = f"{cfg.model}/{cfg.variant}/seed{cfg.seed}"
-    t_run = time.perf_counter() - (rows[-1]["elapsed_s"] if rows else 0.0)
-    with Progress(cfg.progress and info.is_main) as bar:
-        if start_epoch > cfg.epochs:
-            bar.print(f"{name}: already trained {cfg.epochs} epochs (resume found epoch {start_epoch - 1})")
-        last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-        for epoch in range(start_epoch, last_epoch + 1):
-            torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout and other in-model randomness, per epoch
-            net.train()
-            task = bar.add(f"{name} ep {epoch}/{cfg.epochs}", steps)
-            sums = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, n
-            t0 = time.perf_counter()
-            for x, y in data.train.epoch(epoch):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                check_finite(x)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(device, cfg.amp):
-                    logits = net(x)
-                    loss = criterion(logits.float(), y)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"{name}: loss became {loss.item()} at epoch {epoch}, update {updates}; "
-                                             "lower --lr or disable --amp")
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    opt.step()
-                updates += 1
-                sched.step_update(updates)
-                if ema is not None:
-                    ema.update(model, step=updates)
-                n = len(y)
-                correct = (logits.argmax(1) == y).sum().item()
-                sums += torch.tensor([loss.item() * n, correct, n], dtype=torch.float64)
-                bar.update(task, f"loss {sums[0] / sums[2]:.3f} acc {100 * sums[1] / sums[2]:.1f}% "
-                                 f"{sums[2].item() * info.world_size / (time.perf_counter() - t0):.0f} img/s")
-            train_time = time.perf_counter() - t0
-            all_reduce_sum(sums, info)
-            val = evaluate(model, data.val, device, cfg.amp, cfg.channels_last, info)
-            row = dict(epoch=epoch, lr=opt.param_groups[0]["lr"], train_loss=sums[0].item() / sums[2].item(),
-                       train_top1=100 * sums[1].item() / sums[2].item(), val_loss=val["loss"], val_top1=val["top1"],
-                       val_top5=val["top5"], images_per_s=sums[2].item() / train_time, epoch_time_s=train_time,
-                       elapsed_s=time.perf_counter() - t_run)
-            if ema is not None:
-                ev = evaluate(ema.module, data.val, device, cfg.amp, cfg.channels_last, info)
-                row.update(ema_top1=ev["top1"], ema_loss=ev["loss"])
-            rows.append(row)
-            if info.is_main:
-                bar.print(f"{name} epoch {epoch}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
-                          f"top-1 {row['train_top1']:.2f}% | val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f}% "
-                          f"| {row['images_per_s']:.0f} img/s")
-                write_csv(out / "metrics.csv", rows)
-                atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-                state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "updates": updates,
-                         "scaler": scaler.state_dict() if scaler is not None else {}}
-                save_checkpoint(ckpt_root, epoch, model, state,
-                                {"epoch": epoch, "config": asdict(cfg), "metrics": rows},
-                                ema.module if ema is not None else None, cfg.keep_last)
-            barrier(info)
+    task = ClassificationTask(cfg, data, model, info, ema)
+    loop = Loop(model, wrap_model(model, info, cfg.compile), opt, info, out, settings, cfg.epochs, cfg.seed, sched,
+                scaler, ema, cfg.amp, cfg.stop_after, cfg.keep_last, cfg.progress, metrics_jsonl=True)
+    rows = loop.fit(task, state).rows
     if rows and rows[-1]["epoch"] < cfg.epochs:
         return {"model": cfg.model, "variant": cfg.variant, "seed": cfg.seed, "stopped_after": rows[-1]["epoch"],
                 "epochs": cfg.epochs, "val_top1": rows[-1]["val_top1"]}
@@ -438,7 +396,7 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
     if ema is not None:
         final["ema_top1"] = rows[-1]["ema_top1"]
     if info.is_main:
-        _plot_curves(rows, out / "curves.png", name)
+        _plot_curves(rows, out / "curves.png", task.name)
         atomic_write_text(out / "final.json", json.dumps(final, indent=2))
     return final
 

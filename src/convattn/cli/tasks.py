@@ -1,4 +1,4 @@
-"""Arguments of ``convattn train | eval | compare``; each handler calls the library."""
+"""Arguments of ``convattn train | eval | detect | compare``; each handler calls the library."""
 from __future__ import annotations
 
 import argparse
@@ -85,7 +85,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     by hand beside the dataclass)."""
     from dataclasses import fields
 
-    from .classification import TrainConfig
+    from ..tasks.classification import TrainConfig
     given = vars(args)
     keys = [f.name for f in fields(TrainConfig) if f.name in given and f.name not in _NOT_RECIPE]
     if args.ema_decay is not None and not args.ema:
@@ -95,7 +95,7 @@ def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from .classification import TrainConfig, train
+    from ..tasks.classification import TrainConfig, train
     cfg = TrainConfig(model=args.model, variant=_variant(args), data=args.data, data_dir=args.data_dir, seed=args.seed,
                       out=args.out, resume=not args.no_resume, deterministic=args.deterministic, threads=args.threads,
                       progress=not args.quiet, **_train_overrides(args))
@@ -107,7 +107,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from ..validate import check_values
-    from .classification import evaluate_run
+    from ..tasks.classification import evaluate_run
     check_values(args, (("batch_size", dict(lo=1, integer=True, optional=True)),
                         ("recalibrate_bn", dict(lo=0, integer=True))))
     res = evaluate_run(args.run, args.data, args.data_dir, args.checkpoint, args.ema, args.batch_size, args.device,

@@ -1,4 +1,4 @@
-"""Pieces shared by the classification and detection engines: seeding, autocast, input checks, progress bars."""
+"""Pieces of the engine every task uses: seeding, autocast, input checks, progress bars."""
 from __future__ import annotations
 
 import random

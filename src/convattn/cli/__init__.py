@@ -36,9 +36,9 @@ def _add_profile(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_profile(args: argparse.Namespace) -> int:
-    from .models import DEFAULT_VARIANTS, list_models
-    from .profile import ProfileConfig, profile, show_profile, write_profile
-    from .models.backbones import is_backbone_name
+    from ..models import DEFAULT_VARIANTS, list_models
+    from ..profile import ProfileConfig, profile, show_profile, write_profile
+    from ..models.backbones import is_backbone_name
     for m in args.models:
         if m not in list_models() and not is_backbone_name(m):
             raise ValueError(f"Unknown model '{m}'. Valid names: {', '.join(list_models())}, or 'timm:<name>' / "
@@ -74,24 +74,24 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 
 def _file_stem(model: str, variant: str) -> str:
     """``timm:mobilenetv3_large_100`` + ``se+aw`` -> ``timm_mobilenetv3_large_100_se_aw`` (safe as a file name)."""
-    from .report import safe_name
+    from ..report import safe_name
     return safe_name(f"{model}_{variant}")
 
 
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from .validate import check_values
+    from ..validate import check_values
     check_values(args, (("num_classes", dict(lo=1, integer=True)), ("in_chans", dict(lo=1, integer=True)),
                         ("input_size", dict(lo=8, integer=True, optional=True))))
 
-    from .export import export_model, verify_export
+    from ..export import export_model, verify_export
     if args.run:
-        from .tasks.classification import load_run
+        from ..tasks.classification import load_run
         cfg, info, model = load_run(args.run, use_ema=args.ema)
         name, in_chans, size = _file_stem(cfg.model, cfg.variant), info["in_chans"], info["image_size"]
     else:
-        from .models import create_model, parse_variant
+        from ..models import create_model, parse_variant
         model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans,
                              **parse_variant(args.variant)).eval()
         name, in_chans = _file_stem(args.model, args.variant), args.in_chans
@@ -126,10 +126,10 @@ def _run_maps(args: argparse.Namespace) -> int:
 
     import torch
 
-    from .analysis.maps import attention_statistics, load_image, save_maps, save_statistics, validation_images
-    from .data import list_image_files
-    from .report import safe_name
-    from .tasks.classification import load_run
+    from ..analysis.maps import attention_statistics, load_image, save_maps, save_statistics, validation_images
+    from ..data import list_image_files
+    from ..report import safe_name
+    from ..tasks.classification import load_run
     if args.stats is not None and args.stats < 2:
         raise ValueError(f"--stats needs at least 2 images, got {args.stats}")
     try:
@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     _add_export(sub)
     _add_maps(sub)
-    from .tasks.cli import add_task_commands
+    from .tasks import add_task_commands
     add_task_commands(sub)
     for p in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a top-level --debug
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from convattn.models import create_model
-from convattn.tasks.classification import TrainConfig, _scheduler, resolve_config
-from convattn.tasks.optim import attention_parameter_names, param_groups
+from convattn.engine import create_scheduler
+from convattn.tasks.classification import TrainConfig, resolve_config
+from convattn.engine.optim import attention_parameter_names, param_groups
 
 
 def _ids(params):
@@ -69,7 +70,7 @@ def test_scheduler_keeps_the_ratio_after_warmup():
     cfg = resolve_config(TrainConfig(variant="aw", lr=0.1, epochs=4, warmup_epochs=1, attn_lr_mult=10))
     m = create_model("resnet20", variant="aw")
     opt = torch.optim.SGD(param_groups(m, cfg.lr, cfg.weight_decay, cfg.wd_exclude, cfg.attn_lr_mult), lr=cfg.lr)
-    sched = _scheduler(opt, cfg, steps_per_epoch=10)
+    sched = create_scheduler(opt, cfg.schedule, 10, cfg.epochs, 10 * int(cfg.warmup_epochs), cfg.warmup_lr)
     for step in (10, 20, 35):
         sched.step_update(step)
         lrs = [g["lr"] for g in opt.param_groups]
@@ -84,3 +85,18 @@ def test_bad_multiplier_is_refused(bad):
         param_groups(create_model("resnet20"), 0.1, 0.0, attn_lr_mult=bad)
     with pytest.raises(ValueError, match="wd_exclude"):
         param_groups(create_model("resnet20"), 0.1, 0.0, wd_exclude="bias")
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_step_schedule_drops_at_the_milestone_epochs(warmup):
+    """Milestone m applies from the first update of epoch m + 1, with or without warm-up (timm's own
+    MultiStepLRScheduler counts milestones from t + 1 and after the warm-up by default)."""
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = create_scheduler(opt, "step", 5, 4, warmup, 1e-4, milestones=[1, 3], gamma=0.5)
+    seen = []
+    for u in range(20):
+        seen.append(opt.param_groups[0]["lr"])
+        sched.step_update(u + 1)
+    expect = [1e-4 + u * (0.1 - 1e-4) / warmup if u < warmup else 0.1 * 0.5 ** sum(u >= 5 * m for m in (1, 3))
+              for u in range(20)]
+    assert seen == pytest.approx(expect, rel=1e-12)
