@@ -7,15 +7,22 @@ value and the valid range, e.g. ``weight_decay (--weight-decay) must be a number
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 
-__all__ = ["ConfigError", "check_value", "check_values", "check_device", "option_label"]
+__all__ = ["ConfigError", "check_value", "check_values", "check_device", "option_label", "option"]
 
 
 class ConfigError(ValueError):
     """A configuration value outside its valid range (or of the wrong type)."""
+
+
+def option(default: Any = None, help: str = "", choices: Sequence[str] | None = None, factory: Any = None) -> Any:
+    """A config dataclass field with its command-line help and choices (the CLI builds its options from them)."""
+    from dataclasses import field
+    meta = {"help": help, "choices": choices}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
 def option_label(name: str) -> str:

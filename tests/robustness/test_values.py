@@ -91,6 +91,8 @@ def test_zero_weight_decay_trains_with_zero(tmp_path):
     (["compare", "--latency-batch", "0"], "latency_batch (--latency-batch) must be an integer >= 1, got 0"),
     (["compare", "--weight-decay", "-1"], "weight_decay (--weight-decay) must be a number >= 0"),
     (["compare", "--task", "detection", "--data", "cifar10"], "Unknown detection data 'cifar10'"),
+    (["compare", "--task", "detection", "--label-smoothing", "0.1", "--ema"],
+     "compare --task detection does not take --ema, --label-smoothing (classification options)"),
     (["compare", "--variants", "se", "--conv-kwargs", '{"mode": "out"}'],
      "configure AW-convolution, but none of the variants none, se has it"),
     (["compare", "--variants", "aw", "--attn-kwargs", '{"d": 4}'],
@@ -203,3 +205,41 @@ def test_eval_maps_predict_refuse_bad_values(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_compare_detection_passes_every_given_recipe_value(monkeypatch, tmp_path):
+    """compare --task detection hands the detection recipe options on (it used to keep only 4 and drop the rest)."""
+    import convattn.study.detection as dc
+    seen = {}
+    monkeypatch.setattr(dc, "compare_detection", lambda base, *a, **k: seen.setdefault("base", base))
+    assert main(["compare", "--task", "detection", "--weight-decay", "0", "--momentum", "0.8", "--epochs", "2",
+                 "--amp", "bf16", "--train-size", "16", "--out", str(tmp_path)]) == 0
+    base = seen["base"]
+    assert (base.weight_decay, base.momentum, base.epochs, base.amp, base.train_size) == (0.0, 0.8, 2, "bf16", 16)
+    assert base.workers == 0 and base.lr is None  # not given: the detection defaults and preset
+
+
+def test_every_config_field_is_an_option_declared_once():
+    """The train/compare and detect options are generated from TrainConfig and DetectConfig: a new field is a new
+    option with its help, and a given value reaches the config as given."""
+    from dataclasses import fields
+
+    from convattn.cli.tasks import _DETECT_OWN, _TRAIN_OWN, _detect_config
+    from convattn.detection.engine import DetectConfig
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices
+    for cmd, cls, own in (("train", TrainConfig, _TRAIN_OWN), ("compare", TrainConfig, _TRAIN_OWN),
+                          ("detect", DetectConfig, _DETECT_OWN)):
+        opts = {a.dest: a for a in sub[cmd]._actions}
+        for f in fields(cls):
+            if f.name not in own:
+                assert f.name in opts and opts[f.name].help, (cmd, f.name)
+    args = parser.parse_args(["train", "--no-nesterov", "--gamma", "0.5", "--stop-after", "1", "--ema", "--ema-decay",
+                              "0.9", "--milestones", "2,4", "--schedule", "step"])
+    over = _train_overrides(args)
+    assert over == {"nesterov": False, "gamma": 0.5, "stop_after": 1, "ema": True, "ema_decay": 0.9,
+                    "milestones": [2, 4], "schedule": "step"}
+    d = _detect_config(parser.parse_args(["detect", "train", "--momentum", "0.8", "--no-frozen-bn", "--stop-after", "2",
+                                          "--attn-kwargs", '{"d": 4}']), variant="steam")
+    assert (d.momentum, d.frozen_bn, d.stop_after, d.attn_kwargs, d.variant, d.weight_decay) == \
+        (0.8, False, 2, {"d": 4}, "steam", 1e-4)

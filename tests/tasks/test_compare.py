@@ -7,7 +7,9 @@ import pytest
 
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
-from convattn.study.compare import _accuracy_cells, _check_study, _stacked_table, paired_deltas
+from convattn.study.compare import _accuracy_cells, _stacked_table
+from convattn.study.stats import check_study, paired_deltas
+from convattn.tasks.classification import TrainConfig
 
 
 def _cfg(out, **kw):
@@ -106,6 +108,11 @@ def test_report_shows_accuracies_in_points_with_two_decimals():
     cells = _accuracy_cells(row)
     assert (cells["top1_mean"], cells["top1_std"], cells["delta"]) == ("91.00", "0.01", "-0.10")
     assert cells["delta_se"] != cells["delta_se"] and cells["params"] == 5 and row["top1_mean"] == 91.0
+
+
+def _check_study(out, study):
+    from dataclasses import asdict
+    check_study(out, study, asdict(TrainConfig()))
 
 
 def test_study_from_before_a_new_setting_still_resumes(tmp_path):

@@ -8,55 +8,23 @@ import shlex
 import sys
 from typing import Any
 
+from .options import add_config_args, config_kwargs, int_list, json_dict
+
 __all__ = ["add_task_commands"]
 
 
-def _json_dict(s: str) -> dict[str, Any]:
-    try:
-        d = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {e}") from e
-    if not isinstance(d, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object, e.g. '{\"mode\": \"out\"}'")
-    return d
+_json_dict, _int_list = json_dict, int_list
 
 
-def _int_list(s: str) -> list[int]:
-    return [int(p) for p in s.split(",") if p.strip()]
+# TrainConfig fields each command declares itself (names, folders, seeds, resume, progress)
+_TRAIN_OWN = ("model", "variant", "data", "data_dir", "seed", "out", "resume", "deterministic", "progress")
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
+    """Every other TrainConfig field as an option (help, type and choices from the dataclass)."""
+    from ..tasks.classification import TrainConfig
     g = p.add_argument_group("recipe (defaults come from --preset)")
-    g.add_argument("--preset", default=None, help="fmnist, cifar, cifar-step or imagenet (default by data set)")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None, help="global batch size (split across processes)")
-    g.add_argument("--lr", type=float, default=None)
-    g.add_argument("--momentum", type=float, default=None)
-    g.add_argument("--weight-decay", type=float, default=None)
-    g.add_argument("--wd-exclude", choices=["none", "declared", "norm_bias"], default="declared",
-                   help="no weight decay on: nothing / module-declared params (GCT beta) / also norms and biases")
-    g.add_argument("--attn-lr-mult", type=float, default=None,
-                   help="learning-rate multiplier for attention parameters (attention modules, AW's generator; "
-                        "default 1)")
-    g.add_argument("--schedule", choices=["cosine", "step"], default=None)
-    g.add_argument("--milestones", type=_int_list, default=None, help="step schedule epochs, e.g. 30,60,90")
-    g.add_argument("--warmup-epochs", type=float, default=None)
-    g.add_argument("--label-smoothing", type=float, default=None)
-    g.add_argument("--ema", action="store_true", help="keep and evaluate an EMA of the weights (timm ModelEmaV3)")
-    g.add_argument("--ema-decay", type=float, default=None, help="EMA decay in [0, 1] (default 0.999)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    g.add_argument("--channels-last", action="store_true")
-    g.add_argument("--compile", action="store_true")
-    g.add_argument("--train-size", type=int, default=None, help="class-balanced subset of the training set")
-    g.add_argument("--image-size", type=int, default=None, help="ImageFolder crop size (default 224)")
-    g.add_argument("--workers", type=int, default=2, help="DataLoader workers (ImageFolder only)")
-    g.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda")
-    g.add_argument("--pretrained-path", default=None, metavar="FILE",
-                   help="local state dict (.pth/.safetensors) of the plain network, loaded before attention is "
-                        "attached (nothing is downloaded)")
-    g.add_argument("--attn-kwargs", type=_json_dict, default={}, help='JSON options, e.g. \'{"d": 16}\'')
-    g.add_argument("--conv-kwargs", type=_json_dict, default={}, help='AWConv2d options, e.g. \'{"mode": "out"}\'')
+    add_config_args(g, TrainConfig, skip=_TRAIN_OWN)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -75,23 +43,16 @@ def _variant(args: argparse.Namespace) -> str:
     return "+".join(parts) or "none"
 
 
-# TrainConfig fields that are not recipe options given per run (set by the command itself)
-_NOT_RECIPE = {"model", "variant", "data", "data_dir", "seed", "out", "resume", "deterministic", "threads", "progress",
-               "keep_last", "stop_after", "zero_init_last", "nesterov", "gamma", "warmup_lr", "min_lr"}
-
-
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The recipe options given on the command line: every TrainConfig field the parser defines (no list kept
-    by hand beside the dataclass)."""
+    """The recipe options given on the command line (every value given is passed on as given: 0, 0.0 and False
+    are values, only None means "not given"); threads are the command's own."""
     from dataclasses import fields
 
     from ..tasks.classification import TrainConfig
-    given = vars(args)
-    keys = [f.name for f in fields(TrainConfig) if f.name in given and f.name not in _NOT_RECIPE]
     if args.ema_decay is not None and not args.ema:
         raise ValueError(f"--ema-decay {args.ema_decay} has no effect without --ema; add --ema or drop --ema-decay")
-    # every value given is passed on as given: 0, 0.0 and False are values, only None means "not given"
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    names = [f.name for f in fields(TrainConfig) if f.name not in _TRAIN_OWN and f.name != "threads"]
+    return config_kwargs(args, names)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -131,16 +92,23 @@ def _seed_list(seeds: list[int]) -> list[int]:
 
 def _run_compare(args: argparse.Namespace) -> int:
     from ..models import DEFAULT_VARIANTS
-    from ..validate import check_value
+    from ..validate import ConfigError, check_value
     seeds = _seed_list(args.seeds)
     check_value("latency_batch", args.latency_batch, lo=1, integer=True)
     if args.task == "detection":
-        from ..detection.compare import compare_detection
+        from dataclasses import fields
+
+        from ..study.detection import compare_detection
         from ..detection.engine import DetectConfig
+        given = _train_overrides(args)  # every recipe option given goes to the detector, or is refused
+        known = {f.name for f in fields(DetectConfig)}
+        foreign = sorted(k for k in given if k not in known)
+        if foreign:
+            raise ConfigError(f"compare --task detection does not take {', '.join('--' + k.replace('_', '-') for k in foreign)} "
+                              "(classification options); see `convattn detect --help` for the detection recipe")
         base = DetectConfig(detector=args.detector, backbone=args.backbone,
                             data=args.data, data_dir=args.data_dir,  # checked by the detection config
-                            epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, threads=args.threads,
-                            progress=not args.quiet, device=args.device)
+                            threads=args.threads, progress=not args.quiet, **given)
         compare_detection(base, args.variants or ["steam", "aw"], seeds, args.out, "convattn " + shlex.join(sys.argv[1:]))
         return 0
     from ..study import CompareConfig, run_compare
@@ -156,39 +124,24 @@ def _run_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+# DetectConfig fields the detect command sets itself (positional-style options, --no-resume, --quiet)
+_DETECT_OWN = ("variant", "seed", "out", "resume", "progress")
+
+
 def _detect_args(p: argparse.ArgumentParser) -> None:
+    """Every DetectConfig field as an option (help, type and choices from the dataclass)."""
+    from ..detection.engine import DetectConfig
     g = p.add_argument_group("detection recipe (defaults from --preset)")
-    g.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
-    g.add_argument("--backbone", default="resnet18", help="convattn ResNet or timm:<name> / torchvision:<name>")
-    g.add_argument("--data", default="embedded", help="embedded (generated on first use), coco, voc")
-    g.add_argument("--data-dir", default=None)
-    g.add_argument("--preset", default="short", help="short (CPU, embedded data) or 1x (COCO schedule)")
-    for name, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--warmup-iters", int),
-                      ("--min-size", int), ("--max-size", int), ("--trainable-layers", int), ("--train-size", int),
-                      ("--val-size", int)):
-        g.add_argument(name, type=typ, default=None)
-    g.add_argument("--milestones", type=_int_list, default=None)
-    g.add_argument("--frozen-bn", dest="frozen_bn", action="store_true", default=None)
-    g.add_argument("--no-frozen-bn", dest="frozen_bn", action="store_false")
-    g.add_argument("--attn-norm-trainable", action="store_true", help="keep BN inside attention modules trainable")
-    g.add_argument("--init-from", default=None, help="convattn classification checkpoint for the backbone")
-    g.add_argument("--allow-outside-paths", action="store_true",
-                   help="let COCO file_name entries point outside the image folder (refused by default)")
-    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none")
-    g.add_argument("--threads", type=int, default=None)
-    g.add_argument("--device", default="auto")
-    g.add_argument("--conv-kwargs", type=_json_dict, default={})
-    g.add_argument("--attn-kwargs", type=_json_dict, default={})
-    g.add_argument("--quiet", action="store_true")
+    add_config_args(g, DetectConfig, skip=_DETECT_OWN)
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _detect_config(args: argparse.Namespace, **extra: Any):
+    from dataclasses import fields
+
     from ..detection.engine import DetectConfig
-    keys = ("detector", "backbone", "data", "data_dir", "preset", "epochs", "batch_size", "lr", "warmup_iters",
-            "min_size", "max_size", "trainable_layers", "milestones", "frozen_bn", "attn_norm_trainable", "init_from",
-            "amp", "threads", "device", "conv_kwargs", "attn_kwargs", "train_size", "val_size", "allow_outside_paths")
-    kw = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    return DetectConfig(progress=not args.quiet, **kw, **extra)
+    names = [f.name for f in fields(DetectConfig) if f.name not in _DETECT_OWN]
+    return DetectConfig(progress=not args.quiet, **config_kwargs(args, names), **extra)
 
 
 def _run_detect(args: argparse.Namespace) -> int:

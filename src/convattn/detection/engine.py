@@ -19,7 +19,7 @@ from ..engine.checkpoint import CheckpointError, latest_checkpoint, load_weights
 from ..engine.common import seed_all
 from ..engine.distributed import DistInfo, distributed_session
 from ..report import atomic_write_text, to_markdown
-from ..validate import ConfigError, check_values
+from ..validate import ConfigError, check_values, option
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
 from .models import create_detector
 
@@ -43,39 +43,42 @@ AP_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 @dataclass
 class DetectConfig:
-    detector: str = "fasterrcnn"
-    backbone: str = "resnet18"
-    variant: str = "none"
-    data: str = "embedded"  # "embedded" | "coco" (data_dir with train/, val/, annotations/) | "voc"
-    data_dir: str | None = None
-    preset: str = "short"
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None  # for the preset's batch size; scaled linearly to batch_size
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    milestones: list[int] | None = None
-    warmup_iters: int | None = None
-    min_size: int | None = None
-    max_size: int | None = None
-    trainable_layers: int | None = None
-    frozen_bn: bool | None = None
-    attn_norm_trainable: bool = False
-    conv_kwargs: dict[str, Any] = field(default_factory=dict)
-    attn_kwargs: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None  # convattn classification checkpoint (folder or .safetensors)
-    allow_outside_paths: bool = False  # COCO file_name may point outside the image folder
-    train_size: int | None = None  # first N training images (quick runs, tests)
-    val_size: int | None = None
-    amp: str = "none"
-    seed: int = 0
-    workers: int = 0
-    threads: int | None = None
-    device: str = "auto"
-    out: str = "runs/detect"
-    resume: bool = True
-    progress: bool = True
-    stop_after: int | None = None
+    """Everything that defines a detection run; ``None`` fields are filled from the preset."""
+
+    detector: str = option("fasterrcnn", "torchvision detector", ["fasterrcnn", "maskrcnn", "retinanet"])
+    backbone: str = option("resnet18", "convattn ResNet or timm:<name> / torchvision:<name>")
+    variant: str = option("none", "backbone variant, e.g. steam, aw, cbam+aw")
+    data: str = option("embedded", "embedded (generated on first use), coco (data_dir with train/, val/, annotations/) "
+                     "or voc", ["embedded", "coco", "voc"])
+    data_dir: str | None = option(None, "folder of the coco / voc data set")
+    preset: str = option("short", "short (CPU, embedded data) or 1x (COCO schedule)", list(DETECT_PRESETS))
+    epochs: int | None = option(None, "training epochs (preset)")
+    batch_size: int | None = option(None, "global batch size (preset)")
+    lr: float | None = option(None, "learning rate (preset's LR scaled linearly to the batch size)")
+    momentum: float = option(0.9, "SGD momentum")
+    weight_decay: float = option(1e-4, "SGD weight decay")
+    milestones: list[int] | None = option(None, "epochs after which the LR drops x0.1, e.g. 8,11 (preset)")
+    warmup_iters: int | None = option(None, "linear warm-up updates from 0.1 %% of the LR (preset)")
+    min_size: int | None = option(None, "shorter image side (preset)")
+    max_size: int | None = option(None, "longer image side at most (preset)")
+    trainable_layers: int | None = option(None, "trainable backbone stages 0-5 (preset)")
+    frozen_bn: bool | None = option(None, "FrozenBatchNorm2d in the backbone (preset)")
+    attn_norm_trainable: bool = option(False, "keep norms inside attention modules trainable under frozen BN")
+    conv_kwargs: dict[str, Any] = option(help="AWConv2d options as JSON, e.g. '{\"mode\": \"out\"}'", factory=dict)
+    attn_kwargs: dict[str, Any] = option(help="attention module options as JSON, e.g. '{\"d\": 16}'", factory=dict)
+    init_from: str | None = option(None, "convattn classification checkpoint (folder or .safetensors) for the backbone")
+    allow_outside_paths: bool = option(False, "let COCO file_name entries point outside the image folder")
+    train_size: int | None = option(None, "first N training images")
+    val_size: int | None = option(None, "first N validation images")
+    amp: str = option("none", "autocast", ["none", "bf16", "fp16"])
+    seed: int = option(0, "seed of the data order and initialisation")
+    workers: int = option(0, "DataLoader workers")
+    threads: int | None = option(None, "torch CPU threads")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    out: str = option("runs/detect", "run folder")
+    resume: bool = option(True, "resume from the run folder's last checkpoint")
+    progress: bool = option(True, "progress bars")
+    stop_after: int | None = option(None, "end this call after that epoch (rerun to continue)")
 
 
 def resolve(cfg: DetectConfig) -> DetectConfig:

@@ -7,7 +7,6 @@ checkpoint, and the report is rebuilt from whatever has finished. All files are 
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shlex
 import sys
@@ -25,6 +24,7 @@ from ..profile.latency import measure_latency, prepare_for_timing
 from ..report import atomic_write_text, print_table, save_figure, to_markdown, write_csv
 from ..tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
 from ..validate import ConfigError
+from .stats import check_study, paired_cells, paired_deltas, per_seed_table, slug, welch
 
 __all__ = ["CompareConfig", "run_compare", "DEFAULT_STUDY"]
 
@@ -81,10 +81,6 @@ def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
     return ("Module options (code defaults, then this study's options): " + "; ".join(lines) + ".") if lines else ""
 
 
-def _slug(variant: str) -> str:
-    return variant.replace("+", "_").replace("@", "-") or "none"
-
-
 def _base_config(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
     """The study's recipe, resolved once; module options (``--attn-kwargs``/``--conv-kwargs``) are kept for the
     variants that have the module (see ``_variant_config``) and refused when no variant has it."""
@@ -111,71 +107,7 @@ def _variant_config(base: TrainConfig, variant: str) -> TrainConfig:
 
 
 def _run_config(base: TrainConfig, out: Path, variant: str, seed: int) -> TrainConfig:
-    return replace(_variant_config(base, variant), seed=seed, out=str(out / "runs" / _slug(variant) / f"seed{seed}"))
-
-
-def _check_study(out: Path, study: dict[str, Any]) -> None:
-    p = out / "study.json"
-    if p.exists():
-        old = json.loads(p.read_text())
-        # a setting a study.json predates counts as its default, so that older studies keep resuming
-        defaults = asdict(TrainConfig())
-        keys = sorted(set(study["recipe"]) | set(old.get("recipe", {})))
-        was, now = ({k: r.get(k, defaults.get(k)) for k in keys} for r in (old.get("recipe", {}), study["recipe"]))
-        differ = [k for k in keys if was[k] != now[k]]
-        if differ or old.get("model") != study["model"]:
-            what = (", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in differ)
-                    or f"model: {old.get('model')!r} -> {study['model']!r}")
-            raise ValueError(f"{out} holds a study with another recipe or model ({what}); use a new --out folder "
-                             "(finished runs are never overwritten)")
-    atomic_write_text(p, json.dumps(study, indent=2))
-
-
-def _welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    """(difference of means, standard error of the difference); se NaN with fewer than 2 seeds per arm."""
-    d = float(np.mean(a) - np.mean(b))
-    if len(a) < 2 or len(b) < 2:
-        return d, float("nan")
-    return d, math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1) / len(b))
-
-
-def paired_deltas(runs: list[dict[str, Any]], base_runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per-seed differences to the baseline run of the same seed (same data subset, order and augmentation).
-
-    Returns ``{"per_seed": {seed: Δ}, "mean": mean Δ, "se": std(Δ)/sqrt(n) (NaN below 2 pairs), "better": k}``;
-    seeds missing from either arm are left out.
-    """
-    base = {r["seed"]: r["val_top1"] for r in base_runs}
-    per_seed = {r["seed"]: r["val_top1"] - base[r["seed"]] for r in runs if r["seed"] in base}
-    d = np.array(list(per_seed.values()), dtype=float)
-    return dict(per_seed=per_seed, mean=float(d.mean()) if d.size else float("nan"),
-                se=float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan"),
-                better=int((d > 0).sum()))
-
-
-def _paired_cells(p: dict[str, Any]) -> dict[str, str]:
-    """Display cells of :func:`paired_deltas`: mean ± SE and how many seeds were better."""
-    se = "n/a" if p["se"] != p["se"] else f"{p['se']:.2f}"
-    return {"paired": f"{p['mean']:+.2f} ± {se}", "better": f"{p['better']} of {len(p['per_seed'])} seeds"}
-
-
-def _per_seed_table(variants: list[str], seeds: Sequence[int], results: dict[str, list[dict[str, Any]]]) -> str:
-    """Markdown: top-1 per seed with its difference to the same seed's baseline, and the paired mean Δ."""
-    cols = ["variant"] + [f"seed {s}" for s in seeds] + ["paired", "better"]
-    rows = []
-    for v in variants:
-        by_seed = {r["seed"]: r["val_top1"] for r in results[v]}
-        p = paired_deltas(results[v], results["none"])
-        row: dict[str, Any] = {"variant": v}
-        for s in seeds:
-            if s not in by_seed:
-                continue
-            d = "" if v == "none" or s not in p["per_seed"] else f" ({p['per_seed'][s]:+.2f})"
-            row[f"seed {s}"] = f"{by_seed[s]:.2f}{d}"
-        if v != "none" and p["per_seed"]:
-            row.update(_paired_cells(p))
-        rows.append(row)
-    return to_markdown(rows, cols, {"paired": "paired Δ (mean ± SE)", "better": "better than none"})
+    return replace(_variant_config(base, variant), seed=seed, out=str(out / "runs" / slug(variant) / f"seed{seed}"))
 
 
 def _profile_variants(cfg: CompareConfig, base: TrainConfig, variants: list[str]) -> list[dict[str, Any]]:
@@ -209,7 +141,7 @@ def _stacked_table(variants: list[str], seeds: Sequence[int], results: dict[str,
             p = paired_deltas(results[v], results[part])
             if p["per_seed"]:
                 rows.append({"arm": v, "vs": part, **{f"Δ seed {s}": f"{d:+.2f}" for s, d in p["per_seed"].items()},
-                             **_paired_cells(p)})
+                             **paired_cells(p)})
     return to_markdown(rows, cols, {"paired": "paired Δ (mean ± SE)"}) if rows else ""
 
 
@@ -307,7 +239,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
             raise FileNotFoundError(f"--report-only: no study in {out} (study.json missing); run compare without it first")
         study["command"] = json.loads((out / "study.json").read_text()).get("command", study["command"])
     out.mkdir(parents=True, exist_ok=True)
-    _check_study(out, study)
+    check_study(out, study, asdict(TrainConfig()))
     t_start = time.perf_counter()
     results: dict[str, list[dict[str, Any]]] = {v: [] for v in variants}
     curves: dict[str, list[list[float]]] = {v: [] for v in variants}
@@ -347,7 +279,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
                              added_params=p["params"] - prof_by["none"]["params"], gmacs=p["gmacs"],
                              gmacs_hook=p["gmacs_hook"], latency_ratio=p["latency_ratio"]))
             continue
-        d, se = _welch(accs, base_acc)
+        d, se = welch(accs, base_acc)
         if v == "none":
             verdict = "baseline"
         elif se != se:
@@ -402,7 +334,7 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
           "A seed fixes the data order and augmentation for every arm, so each arm can also be compared with the "
           "baseline run of the same seed: Δ in brackets, then the mean of those paired differences with its "
           "standard error std(Δ)/√n.", "",
-          _per_seed_table(variants, list(cfg.seeds), results), "",
+          per_seed_table(variants, list(cfg.seeds), results), "",
           *(["Stacked arms against their parts (same pairing by seed):", "", stacked, ""]
             if (stacked := _stacked_table(variants, list(cfg.seeds), results)) else []),
           f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",

@@ -27,7 +27,7 @@ from ..engine.common import autocast, check_finite, seed_all
 from ..engine.distributed import DistInfo, all_reduce_sum, distributed_session, init_distributed
 from ..engine.optim import check_attn_lr_mult, check_wd_exclude, param_groups
 from ..report import atomic_write_text, save_figure
-from ..validate import ConfigError, check_values
+from ..validate import ConfigError, check_values, option
 
 __all__ = ["TrainConfig", "PRESETS", "train", "evaluate", "evaluate_run", "resolve_config"]
 
@@ -81,48 +81,52 @@ def _default_preset(d: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
 class TrainConfig:
     """Everything that defines a run; ``None`` fields are filled from the preset."""
 
-    model: str = "resnet20"
-    variant: str = "none"
-    attn_kwargs: dict[str, Any] = field(default_factory=dict)
-    conv_kwargs: dict[str, Any] = field(default_factory=dict)
-    data: str = "embedded"
-    data_dir: str | None = None
-    train_size: int | None = None
-    image_size: int | None = None
-    preset: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    eval_batch_size: int | None = None
-    lr: float | None = None
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None
-    wd_exclude: str = "declared"  # "none" | "declared" (module-declared, e.g. GCT beta) | "norm_bias" (+ ndim <= 1)
-    attn_lr_mult: float = 1.0  # learning-rate multiplier for attention parameters (tasks/optim.py)
-    schedule: str | None = None  # "cosine" | "step"
-    milestones: list[int] | None = None
-    gamma: float = 0.1
-    warmup_epochs: float | None = None
-    warmup_lr: float = 1e-4
-    min_lr: float = 0.0
-    label_smoothing: float | None = None
-    ema: bool = False
-    ema_decay: float = 0.999
-    amp: str = "none"  # "none" | "bf16" | "fp16"
-    channels_last: bool = False
-    compile: bool = False
-    zero_init_last: bool = False
-    pretrained_path: str | None = None  # local state dict of the plain network, loaded before attention is added
-    seed: int = 0
-    deterministic: bool = False
-    workers: int = 2
-    threads: int | None = None
-    device: str = "auto"
-    out: str = "runs/train"
-    resume: bool = True
-    keep_last: int = 1
-    progress: bool = True
-    stop_after: int | None = None  # end this call after that epoch (time-sliced jobs); rerun to continue
+    model: str = option("resnet20", "convattn model (resnet20, resnet50, ...) or a timm/torchvision CNN: timm:<name>, "
+                        "torchvision:<name>")
+    variant: str = option("none", "e.g. se+aw, steam@all (or use --attn/--conv)")
+    attn_kwargs: dict[str, Any] = option(help='attention module options as JSON, e.g. \'{"d": 16}\'', factory=dict)
+    conv_kwargs: dict[str, Any] = option(help='AWConv2d options as JSON, e.g. \'{"mode": "out"}\'', factory=dict)
+    data: str = option("embedded", "embedded (ships with convattn), fashion-mnist, cifar10, cifar100, folder")
+    data_dir: str | None = option(None, "folder of the data set (fashion-mnist, cifar*, folder)")
+    train_size: int | None = option(None, "class-balanced subset of the training set")
+    image_size: int | None = option(None, "input size (default: from the model's data config and the images)")
+    preset: str | None = option(None, "recipe (default by data set)", list(PRESETS))
+    epochs: int | None = option(None, "training epochs (preset)")
+    batch_size: int | None = option(None, "global batch size, split across processes (preset)")
+    eval_batch_size: int | None = option(None, "evaluation batch size (default: the training batch)")
+    lr: float | None = option(None, "learning rate (preset)")
+    momentum: float | None = option(None, "SGD momentum (preset)")
+    nesterov: bool | None = option(None, "Nesterov momentum (preset)")
+    weight_decay: float | None = option(None, "weight decay (preset)")
+    wd_exclude: str = option("declared", "no weight decay on: nothing / module-declared params (GCT beta) / also "
+                             "norms and biases", ["none", "declared", "norm_bias"])
+    attn_lr_mult: float = option(1.0, "learning-rate multiplier for attention parameters (attention modules, AW's "
+                                 "generator)")
+    schedule: str | None = option(None, "LR schedule (preset)", ["cosine", "step"])
+    milestones: list[int] | None = option(None, "step schedule: epochs after which the LR drops, e.g. 30,60,90")
+    gamma: float = option(0.1, "step schedule: LR factor at each milestone")
+    warmup_epochs: float | None = option(None, "linear warm-up epochs (preset)")
+    warmup_lr: float = option(1e-4, "LR at the start of the warm-up")
+    min_lr: float = option(0.0, "cosine schedule: final LR")
+    label_smoothing: float | None = option(None, "label smoothing (preset)")
+    ema: bool = option(False, "keep and evaluate an EMA of the weights (timm ModelEmaV3)")
+    ema_decay: float = option(0.999, "EMA decay in [0, 1]")
+    amp: str = option("none", "autocast", ["none", "bf16", "fp16"])
+    channels_last: bool = option(False, "channels_last memory format")
+    compile: bool = option(False, "torch.compile the model")
+    zero_init_last: bool = option(False, "zero-init the last BN of each residual block")
+    pretrained_path: str | None = option(None, "local state dict (.pth/.safetensors) of the plain network, loaded "
+                                         "before attention is attached (nothing is downloaded)")
+    seed: int = option(0, "seed of the data order, augmentation and initialisation")
+    deterministic: bool = option(False, "torch deterministic algorithms")
+    workers: int = option(2, "DataLoader workers (ImageFolder only)")
+    threads: int | None = option(None, "torch CPU threads")
+    device: str = option("auto", "auto, cpu, cuda, cuda:N")
+    out: str = option("runs/train", "run folder")
+    resume: bool = option(True, "resume from the run folder's last checkpoint")
+    keep_last: int = option(1, "epoch checkpoints kept")
+    progress: bool = option(True, "progress bars")
+    stop_after: int | None = option(None, "end this call after that epoch (time-sliced jobs); rerun to continue")
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
