@@ -8,12 +8,9 @@ import shlex
 import sys
 from typing import Any
 
-from .options import add_config_args, config_kwargs, int_list, json_dict
+from .options import add_config_args, config_kwargs, int_list
 
 __all__ = ["add_task_commands"]
-
-
-_json_dict, _int_list = json_dict, int_list
 
 
 # TrainConfig fields each command declares itself (names, folders, seeds, resume, progress)
@@ -230,7 +227,7 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=DEFAULT_STUDY["model"])
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
                    help="comma-separated (default: none,se,cbam,eca,gct,steam,aw,se+aw,cbam+aw)")
-    p.add_argument("--seeds", type=_int_list, default=[len(DEFAULT_STUDY["seeds"])],
+    p.add_argument("--seeds", type=int_list, default=[len(DEFAULT_STUDY["seeds"])],
                    help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
     _data_args(p)
     p.add_argument("--out", default="runs/compare")
