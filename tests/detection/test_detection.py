@@ -184,12 +184,12 @@ def test_detection_compare_tiny(tmp_path, monkeypatch):
     from convattn.study.detection import compare_detection
     cfg = DetectConfig(epochs=1, batch_size=4, progress=False, threads=2, train_size=4, val_size=2)
     rows = compare_detection(cfg, ["steam@all"], [0, 1], tmp_path / "study")
-    assert [r["variant"] for r in rows] == ["none", "steam@all"] and "bbox_AP" in rows[0]
+    assert [r["variant"] for r in rows] == ["none", "steam@all"] and "bbox_AP_mean" in rows[0]
     assert (tmp_path / "study/runs/steam-all/seed1/final.json").exists()  # the classification study's folder names
     report = (tmp_path / "study" / "report.md").read_text()
-    assert report.count("| steam@all |") == 2 and "## bbox AP per seed" in report and "of 2 seeds" in report
+    assert report.count("| steam@all |") == 2 and "## Per seed: box AP" in report and "of 2 seeds" in report
     aps = [json.loads((tmp_path / f"study/runs/none/seed{s}/final.json").read_text())["bbox"]["AP"] for s in (0, 1)]
-    assert rows[0]["bbox_AP"] == pytest.approx(sum(aps) / 2)
+    assert rows[0]["bbox_AP_mean"] == pytest.approx(sum(aps) / 2)
     with pytest.raises(ValueError, match="another recipe or task.*epochs: 1 -> 2"):  # one folder, one recipe
         compare_detection(DetectConfig(**{**cfg.__dict__, "epochs": 2}), ["steam@all"], [0], tmp_path / "study")
 

@@ -119,11 +119,11 @@ def test_compare_gives_module_options_to_the_variants_that_have_the_module(tmp_p
     from dataclasses import asdict
 
     from convattn.study import CompareConfig
-    from convattn.study.compare import _base_config, _run_config
+    from convattn.study.classification import _base_config, _variant_config
     cfg = CompareConfig(model="resnet20", variants=["steam", "aw"], train=dict(attn_kwargs={"weight_decay": False},
                                                                                epochs=1))
     base = _base_config(cfg, ["none", "steam", "aw"])
-    runs = {v: _run_config(base, tmp_path, v, 0) for v in ("none", "steam", "aw")}
+    runs = {v: _variant_config(base, v) for v in ("none", "steam", "aw")}
     assert runs["steam"].attn_kwargs == {"weight_decay": False}
     assert runs["none"].attn_kwargs == {} and runs["aw"].attn_kwargs == {}
     for rc in runs.values():  # each run's own config resolves (the baseline's was refused before)

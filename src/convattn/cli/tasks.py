@@ -88,37 +88,46 @@ def _seed_list(seeds: list[int]) -> list[int]:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from ..models import DEFAULT_VARIANTS
-    from ..validate import ConfigError, check_value
+    """One study for every task (convattn.study.compare.run_study); the task supplies recipe, runs and metrics."""
+    from ..validate import check_value
     seeds = _seed_list(args.seeds)
     check_value("latency_batch", args.latency_batch, lo=1, integer=True)
+    command = "convattn " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")  # the command that trains
     if args.task == "detection":
-        from dataclasses import fields
+        from ..study import detection
+        detection.compare_detection(_detection_base(args), args.variants or ["steam", "aw"], seeds, args.out, command,
+                                    args.report_only)
+    else:
+        from ..study.classification import run_compare
+        run_compare(_compare_config(args, seeds), command)
+    return 0
 
-        from ..study.detection import compare_detection
-        from ..detection.engine import DetectConfig
-        given = _train_overrides(args)  # every recipe option given goes to the detector, or is refused
-        known = {f.name for f in fields(DetectConfig)}
-        foreign = sorted(k for k in given if k not in known)
-        if foreign:
-            raise ConfigError(f"compare --task detection does not take {', '.join('--' + k.replace('_', '-') for k in foreign)} "
-                              "(classification options); see `convattn detect --help` for the detection recipe")
-        base = DetectConfig(detector=args.detector, backbone=args.backbone,
-                            data=args.data, data_dir=args.data_dir,  # checked by the detection config
-                            threads=args.threads, progress=not args.quiet, **given)
-        compare_detection(base, args.variants or ["steam", "aw"], seeds, args.out, "convattn " + shlex.join(sys.argv[1:]))
-        return 0
-    from ..study import CompareConfig, run_compare
-    from ..study.compare import DEFAULT_STUDY
+
+def _compare_config(args: argparse.Namespace, seeds: list[int]):
+    from ..models import DEFAULT_VARIANTS
+    from ..study.classification import DEFAULT_STUDY, CompareConfig
     train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
         if args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"] else {}
     train.update(_train_overrides(args))
-    cfg = CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
-                        data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
-                        latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only)
-    argv = [a for a in sys.argv[1:] if a != "--report-only"]  # the study's command is the one that trains
-    run_compare(cfg, "convattn " + shlex.join(argv))
-    return 0
+    return CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
+                         data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
+                         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only)
+
+
+def _detection_base(args: argparse.Namespace):
+    """The detection recipe of ``compare --task detection``: every recipe option given, or a clear refusal."""
+    from dataclasses import fields
+
+    from ..detection.engine import DetectConfig
+    from ..validate import ConfigError
+    given = _train_overrides(args)
+    foreign = sorted(k for k in given if k not in {f.name for f in fields(DetectConfig)})
+    if foreign:
+        raise ConfigError(f"compare --task detection does not take {', '.join('--' + k.replace('_', '-') for k in foreign)} "
+                          "(classification options); see `convattn detect --help` for the detection recipe")
+    return DetectConfig(detector=args.detector, backbone=args.backbone,
+                        data=args.data, data_dir=args.data_dir,  # checked by the detection config
+                        threads=args.threads, progress=not args.quiet, **given)
 
 
 # DetectConfig fields the detect command sets itself (positional-style options, --no-resume, --quiet)
@@ -180,7 +189,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def add_task_commands(sub: argparse._SubParsersAction) -> None:
-    from ..study.compare import DEFAULT_STUDY
+    from ..study.classification import DEFAULT_STUDY
     p = sub.add_parser("train", help="train one model/variant (torchrun for several processes)")
     p.add_argument("--model", default="resnet20",
                    help="convattn model (resnet20, resnet50, ...) or a timm/torchvision CNN: timm:<name>, torchvision:<name>")

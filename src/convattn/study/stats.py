@@ -26,22 +26,24 @@ def slug(variant: str) -> str:
     return variant.replace("+", "_").replace("@", "-") or "none"
 
 
-def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], identity: str = "model") -> None:
-    """Write ``study.json``; refuse a folder whose study has another recipe (or ``identity`` value).
+def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], identity: Sequence[str] = ("model",)
+                ) -> None:
+    """Write ``study.json``; refuse a folder whose study has another recipe or ``identity`` values (task, model).
 
-    A setting the stored study predates counts as its value in ``defaults``, so that older studies keep resuming.
+    A setting the stored study predates counts as its value in ``defaults``, so that older studies keep resuming;
+    a study stored before the task was recorded is a classification study.
     """
     p = out / "study.json"
     if p.exists():
         old = json.loads(p.read_text())
         keys = sorted(set(study["recipe"]) | set(old.get("recipe", {})))
         was, now = ({k: r.get(k, defaults.get(k)) for k in keys} for r in (old.get("recipe", {}), study["recipe"]))
-        differ = [k for k in keys if was[k] != now[k]]
-        if differ or old.get(identity) != study[identity]:
-            what = (", ".join(f"{k}: {was[k]!r} -> {now[k]!r}" for k in differ)
-                    or f"{identity}: {old.get(identity)!r} -> {study[identity]!r}")
-            raise ValueError(f"{out} holds a study with another recipe or {identity} ({what}); use a new --out folder "
-                             "(finished runs are never overwritten)")
+        differ = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in keys if was[k] != now[k]]
+        differ += [f"{k}: {old.get(k, 'classification' if k == 'task' else None)!r} -> {study[k]!r}"
+                   for k in identity if old.get(k, "classification" if k == "task" else None) != study[k]]
+        if differ:
+            raise ValueError(f"{out} holds a study with another recipe or {'/'.join(identity)} ({', '.join(differ)}); "
+                             "use a new --out folder (finished runs are never overwritten)")
     atomic_write_text(p, json.dumps(study, indent=2))
 
 

@@ -7,7 +7,8 @@ import pytest
 
 from convattn.cli import main
 from convattn.study import CompareConfig, run_compare
-from convattn.study.compare import _accuracy_cells, _stacked_table
+from convattn.study.classification import TOP1
+from convattn.study.compare import _metric_cells, _stacked_table
 from convattn.study.stats import check_study, paired_deltas
 from convattn.tasks.classification import TrainConfig
 
@@ -96,18 +97,19 @@ def test_stacked_table_pairs_each_part_by_seed():
     runs = lambda *accs: [dict(seed=s, val_top1=a) for s, a in enumerate(accs)]  # noqa: E731
     results = {"none": runs(90.0, 90.0), "se": runs(91.0, 90.0), "se+aw": runs(91.5, 89.5), "aw": [],
                "cbam+aw": runs(90.0, 91.0)}
-    table = _stacked_table(list(results), [0, 1], results)
+    table = _stacked_table(list(results), [0, 1], results, TOP1)
     rows = [line for line in table.splitlines()[2:]]
     # se+aw vs se: Δ = (+0.5, −0.5); aw and cbam were not trained, so they get no rows
     assert rows == ["| se+aw | se | +0.50 | -0.50 | +0.00 ± 0.50 | 1 of 2 seeds |"]
-    assert _stacked_table(["none", "se"], [0, 1], {"none": runs(90.0), "se": runs(91.0)}) == ""
+    assert _stacked_table(["none", "se"], [0, 1], {"none": runs(90.0), "se": runs(91.0)}, TOP1) == ""
 
 
 def test_report_shows_accuracies_in_points_with_two_decimals():
-    row = dict(variant="se", top1_mean=91.0, top1_std=0.007071, delta=-0.104, delta_se=float("nan"), params=5)
-    cells = _accuracy_cells(row)
-    assert (cells["top1_mean"], cells["top1_std"], cells["delta"]) == ("91.00", "0.01", "-0.10")
-    assert cells["delta_se"] != cells["delta_se"] and cells["params"] == 5 and row["top1_mean"] == 91.0
+    row = dict(variant="se", top1_mean=91.0, top1_std=0.007071, top1_delta=-0.104, top1_delta_se=float("nan"),
+               params=5)
+    cells = _metric_cells(row, [TOP1])
+    assert (cells["top1_mean"], cells["top1_std"], cells["top1_delta"]) == ("91.00", "0.01", "-0.10")
+    assert cells["top1_delta_se"] != cells["top1_delta_se"] and cells["params"] == 5 and row["top1_mean"] == 91.0
 
 
 def _check_study(out, study):
@@ -129,7 +131,7 @@ def test_study_from_before_a_new_setting_still_resumes(tmp_path):
 
 def test_report_states_the_module_options_that_ran():
     """The report's module line comes from the constructors' defaults and the study's options (no fixed text)."""
-    from convattn.study.compare import _base_config, _module_lines
+    from convattn.study.classification import _base_config, _module_lines
     cfg = CompareConfig(variants=["steam", "aw"], train=dict(epochs=1, attn_kwargs={"heads": 2, "channel_graph": "knn"},
                                                              conv_kwargs={"mode": "out"}))
     line = _module_lines(_base_config(cfg, ["none", "steam", "aw"]), ["none", "steam", "aw"])

@@ -1,0 +1,211 @@
+"""The classification study of ``convattn compare``: validation top-1 per arm, with parameters, MACs, measured
+latency and training time as its cost columns (the study loop, statistics and report: ``study.compare``)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ..models import DEFAULT_VARIANTS, parse_variant
+from ..profile.counting import count_complexity
+from ..profile.latency import measure_latency, prepare_for_timing
+from ..report import atomic_write_text
+from ..tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
+from ..validate import ConfigError
+from .compare import Metric, Results, run_study
+
+__all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "DEFAULT_STUDY"]
+
+# The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized to finish in under
+# 15 minutes on 2 CPU cores.
+DEFAULT_STUDY = dict(model="resnet20", data="embedded", train_size=4000, epochs=2, seeds=[0, 1, 2], batch_size=64,
+                     lr=0.05, warmup_epochs=0.25)
+
+TOP1 = Metric("top1", "val top-1 %", lambda run: run["val_top1"])
+
+# TrainConfig fields that are not part of a study's recipe (set per run, or how a run is executed)
+_NOT_RECIPE = ("variant", "seed", "out", "progress", "threads")
+
+
+@dataclass
+class CompareConfig:
+    model: str = DEFAULT_STUDY["model"]
+    variants: Sequence[str] = DEFAULT_VARIANTS
+    seeds: Sequence[int] = tuple(DEFAULT_STUDY["seeds"])
+    data: str = DEFAULT_STUDY["data"]
+    data_dir: str | None = None
+    out: str = "runs/compare"
+    train: dict[str, Any] = field(default_factory=lambda: {k: DEFAULT_STUDY[k] for k in (
+        "train_size", "epochs", "batch_size", "lr", "warmup_epochs")})
+    threads: int | None = None
+    latency_batch: int = 64
+    latency_repeats: int = 10
+    progress: bool = True
+    report_only: bool = False  # train nothing; report the finished runs (a partial study says so)
+
+
+def _default_aw_mode(model: str) -> str:
+    """What AWConv2d's mode is when the study does not set one (see convattn.models.resnet / attach)."""
+    from ..models.backbones import is_backbone_name
+    if is_backbone_name(model):
+        return "full_g where its grouped generator divides the conv, else full (attach default)"
+    return "full (CIFAR-ResNet default)" if model in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110") \
+        else "full_g (ImageNet-ResNet default)"
+
+
+def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
+    """The options each attention module of the study ran with (constructor and registry defaults, then the
+    study's --attn-kwargs / --conv-kwargs), read from the code, never fixed text."""
+    from ..layers import module_options
+    names: dict[str, dict[str, Any]] = {}
+    for v in variants:
+        parts = parse_variant(v)
+        for a in (parts["attn"] or "").split("+"):
+            if a and a != "none":
+                names.setdefault(a, base.attn_kwargs)
+        if parts["conv"] == "aw":
+            names.setdefault("aw", base.conv_kwargs)
+    lines = []
+    for name, kwargs in names.items():
+        opts = {k: repr(v) for k, v in module_options(name, kwargs).items()}
+        if name == "aw" and "mode" not in kwargs:
+            opts["mode"] = _default_aw_mode(base.model)
+        lines.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in opts.items()))
+    return ("Module options (code defaults, then this study's options): " + "; ".join(lines) + ".") if lines else ""
+
+
+def _base_config(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
+    """The study's recipe, resolved once; module options (``--attn-kwargs``/``--conv-kwargs``) are kept for the
+    variants that have the module (see ``_variant_config``) and refused when no variant has it."""
+    train_kw = dict(cfg.train)
+    attn_kwargs, conv_kwargs = train_kw.pop("attn_kwargs", None) or {}, train_kw.pop("conv_kwargs", None) or {}
+    parts = [parse_variant(v) for v in variants]
+    if attn_kwargs and not any(p["attn"] for p in parts):
+        raise ConfigError(f"attn_kwargs (--attn-kwargs) {attn_kwargs} configure an attention module, but none of the "
+                          f"variants {', '.join(variants)} has one")
+    if conv_kwargs and not any(p["conv"] == "aw" for p in parts):
+        raise ConfigError(f"conv_kwargs (--conv-kwargs) {conv_kwargs} configure AW-convolution, but none of the "
+                          f"variants {', '.join(variants)} has it")
+    base = resolve_config(TrainConfig(model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, threads=cfg.threads,
+                                      progress=cfg.progress, **train_kw))
+    return replace(base, attn_kwargs=dict(attn_kwargs), conv_kwargs=dict(conv_kwargs))
+
+
+def _variant_config(base: TrainConfig, variant: str) -> TrainConfig:
+    """The recipe for one variant: the module options only where the variant has the module (the baseline
+    trains with none)."""
+    parts = parse_variant(variant)
+    return replace(base, variant=variant, attn_kwargs=base.attn_kwargs if parts["attn"] else {},
+                   conv_kwargs=base.conv_kwargs if parts["conv"] == "aw" else {})
+
+
+COST_COLUMNS = ["params", "added_params", "gmacs", "gmacs_hook", "latency_ratio", "train_time_s", "train_img_s"]
+COST_HEADERS = {"added_params": "added params", "gmacs": "GMACs (dispatch)", "gmacs_hook": "GMACs (hooks)",
+                "latency_ratio": "latency / none", "train_time_s": "train s/run (robust)",
+                "train_img_s": "train img/s (robust)"}
+
+
+class ClassificationStudy:
+    """Image classification under one :class:`TrainConfig` recipe; metric: validation top-1 after the last epoch."""
+
+    name = "classification"
+    metrics = (TOP1,)
+
+    def __init__(self, cfg: CompareConfig, variants: Sequence[str]):
+        self.cfg = cfg
+        self.variants = list(dict.fromkeys(["none", *variants]))
+        self.base = _base_config(cfg, self.variants)
+        self.title = f"convattn compare: {cfg.model} on {self.base.data}"
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.cfg.model}
+
+    def recipe(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self.base).items() if k not in _NOT_RECIPE}
+
+    def recipe_defaults(self) -> dict[str, Any]:
+        return asdict(TrainConfig())
+
+    def train(self, variant: str, seed: int, run_dir: Path) -> dict[str, Any]:
+        return train(replace(_variant_config(self.base, variant), seed=seed, out=str(run_dir)))
+
+    def read_run(self, final: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+        epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+        # robust to epochs slowed by other work on the machine: the median epoch stands for every epoch
+        return dict(final, curve=[e["val_top1"] for e in epochs],
+                    robust_train_time_s=len(epochs) * float(np.median([e["epoch_time_s"] for e in epochs])),
+                    robust_img_s=float(np.median([e["images_per_s"] for e in epochs])))
+
+    def _profile(self, variants: list[str]) -> list[dict[str, Any]]:
+        base = self.base
+        data = data_for(replace(base, seed=0), base.batch_size, workers=0)
+        models = [build_model(_variant_config(base, v), data).eval() for v in variants]
+        x1 = torch.randn(1, data.in_chans, data.image_size, data.image_size)
+        rows = []
+        for v, m in zip(variants, models):
+            c = count_complexity(m, x1)
+            rows.append(dict(variant=v, params=c.params, gmacs=c.macs / 1e9, gmacs_hook=c.hook_macs / 1e9))
+        x = torch.randn(self.cfg.latency_batch, data.in_chans, data.image_size, data.image_size)
+        timings = measure_latency([prepare_for_timing(m, torch.device("cpu")) for m in models], x, warmup=2,
+                                  repeats=self.cfg.latency_repeats)
+        base_t = timings[variants.index("none")].median_ms
+        for r, t in zip(rows, timings):
+            r.update(latency_ms=t.median_ms, latency_ratio=t.median_ms / base_t)
+        return rows
+
+    def columns(self, variants: list[str], results: Results, out: Path):
+        prof_path = out / "profile.json"
+        if prof_path.exists() and [r["variant"] for r in json.loads(prof_path.read_text())] == variants:
+            prof = json.loads(prof_path.read_text())
+        else:
+            prof = self._profile(variants)
+            atomic_write_text(prof_path, json.dumps(prof, indent=2))
+        by = {r["variant"]: r for r in prof}
+        cost = {}
+        for v in variants:
+            p = by[v]
+            cost[v] = dict(params=p["params"], added_params=p["params"] - by["none"]["params"], gmacs=p["gmacs"],
+                           gmacs_hook=p["gmacs_hook"], latency_ratio=p["latency_ratio"])
+            if results[v]:
+                cost[v].update(train_time_s=float(np.median([r["robust_train_time_s"] for r in results[v]])),
+                               train_img_s=float(np.median([r["robust_img_s"] for r in results[v]])))
+        return cost, COST_COLUMNS, COST_HEADERS
+
+    def describe(self, results: Results, seeds: Sequence[int]) -> str:
+        base, r0 = self.base, results["none"][0]
+        return (f"Recipe (one for every arm): preset `{base.preset}`, {base.epochs} epochs, batch {base.batch_size}, "
+                f"SGD lr {base.lr} momentum {base.momentum} (nesterov {base.nesterov}), weight decay "
+                f"{base.weight_decay} (excluded: {base.wd_exclude}), {base.schedule} schedule, warm-up "
+                f"{base.warmup_epochs} epochs, label smoothing {base.label_smoothing}"
+                + (f", attention learning rate × {base.attn_lr_mult:g} (attention modules and AW's generator)"
+                   if base.attn_lr_mult != 1 else "")
+                + (f", attention options {json.dumps(base.attn_kwargs)}" if base.attn_kwargs else "")
+                + (f", AW options {json.dumps(base.conv_kwargs)}" if base.conv_kwargs else "")
+                + f"; {r0['train_images']} training / {r0['val_images']} validation images; seeds {list(seeds)}.")
+
+    def notes(self) -> list[str]:
+        return [
+            "* top-1: validation accuracy after the last epoch, mean and sample std over seeds; per seed below and in "
+            "results.csv.",
+            "* GMACs: 10^9 multiply-accumulates for one image; *dispatch*: torch.utils.flop_counter (sees functional "
+            "convs); *hooks*: nn.Conv/nn.Linear hooks as thop/ptflops. Latency: CPU forward at batch "
+            f"{self.cfg.latency_batch}, median of interleaved runs, ratio to the plain model timed in the same run. "
+            "Training time (robust): epochs × the run's median epoch time, and throughput: the run's median epoch "
+            "throughput, each then the median over seeds, so that epochs or runs slowed by other work on the machine "
+            "do not count; raw per-run totals in runs.csv.",
+            "* AW-convolution and STEAM are reconstructions (no public code): numbers here are ours, not the papers'. "
+            + _module_lines(self.base, self.variants)]
+
+
+def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str, Any]]:
+    """Run (or continue) the classification study of ``cfg``; see :func:`convattn.study.compare.run_study`."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    variants = [v.strip() for v in cfg.variants if v.strip()]
+    for v in variants:
+        parse_variant(v)
+    return run_study(ClassificationStudy(cfg, variants), variants, cfg.seeds, cfg.out, command, cfg.report_only)
