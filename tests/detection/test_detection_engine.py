@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 pytest.importorskip("pycocotools")
 
 from convattn.detection import make_synthetic_coco  # noqa: E402
-from convattn.detection.engine import DetectConfig, train_detector  # noqa: E402
+from convattn.detection.engine import DetectConfig, load_detector_run, train_detector  # noqa: E402
 from convattn.engine import CheckpointError, create_scheduler, latest_checkpoint  # noqa: E402
 
 TINY = dict(data="coco", epochs=2, batch_size=4, warmup_iters=3, milestones=[1], train_size=8, val_size=2,
@@ -43,6 +43,12 @@ def test_detection_resume_is_bit_exact_and_checks_settings(tmp_path):
     assert ra["bbox"] == rb["bbox"]
     rows = json.loads((latest_checkpoint(b / "checkpoints") / "meta.json").read_text())["metrics"]
     assert [r["epoch"] for r in rows] == [1, 2] and rows[1]["lr"] == pytest.approx(0.002)  # after milestone 1
+    # the engine's run loading (shared with classification's load_run): config, data info, the latest weights
+    cfg, info, model = load_detector_run(b)
+    assert cfg.variant == "se" and cfg.warmup_iters == 3 and info == json.loads((b / "data.json").read_text())
+    assert all(torch.equal(v, wb[k]) for k, v in model.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="written by `convattn detect train`"):
+        load_detector_run(tmp_path)
 
 
 def test_detection_schedule_is_torchvisions_reference():

@@ -161,7 +161,7 @@ def _run_detect(args: argparse.Namespace) -> int:
         return 0
     if not args.run:
         raise ValueError(f"detect {args.action} needs --run (a folder written by `convattn detect train`)")
-    cfg, info, model = engine.load_detector_run(args.run)
+    cfg, info, model = engine.load_detector_run(args.run, args.checkpoint)
     if args.action == "eval":
         _, val = engine.build_datasets(cfg)
         res = engine.evaluate_detector(model, val, cfg.detector == "maskrcnn", next(model.parameters()).device, args.run)
@@ -222,6 +222,7 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="train: run folder (default runs/detect); predict: PNG folder")
     p.add_argument("--run", default=None, help="eval/predict: folder written by detect train")
+    p.add_argument("--checkpoint", default=None, help="eval/predict: checkpoint folder or .safetensors file (default: latest)")
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--image", action="append", default=[], help="predict: image file or folder (repeatable)")
     p.add_argument("--num", type=int, default=4, help="predict: validation images to draw when no --image")

@@ -6,7 +6,7 @@ import contextlib
 import json
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
-from ..engine.checkpoint import CheckpointError, latest_checkpoint, load_weights, run_lock
+from ..engine.checkpoint import CheckpointError, load_run_weights, read_run_config, run_lock
 from ..engine.common import seed_all
 from ..engine.distributed import DistInfo, distributed_session
 from ..report import atomic_write_text, to_markdown
@@ -316,18 +316,14 @@ def evaluate_detector(model: nn.Module, ds, masks: bool, device: torch.device, o
     return res
 
 
-def load_detector_run(run_dir: str | os.PathLike) -> tuple[DetectConfig, dict[str, Any], nn.Module]:
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
-        raise FileNotFoundError(f"{run_dir}/config.json not found: --run must be a folder written by `convattn detect train`")
-    known = {f.name for f in fields(DetectConfig)}
-    cfg = DetectConfig(**{k: v for k, v in json.loads((run_dir / "config.json").read_text()).items() if k in known})
-    info = json.loads((run_dir / "data.json").read_text())
+def load_detector_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None
+                      ) -> tuple[DetectConfig, dict[str, Any], nn.Module]:
+    """(config, data info, detector with the run's latest or given weights) of a folder written by ``detect train``."""
+    cfg, info = read_run_config(run_dir, DetectConfig, "convattn detect train")
+    if info is None:
+        raise FileNotFoundError(f"{run_dir}/data.json not found: the run did not finish its first setup")
     model = build_detector(cfg, info["num_classes"])
-    last = latest_checkpoint(run_dir / "checkpoints")
-    if last is None:
-        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
-    load_weights(last / "model.safetensors", model, "detector")
+    load_run_weights(run_dir, model, checkpoint, what="detector")
     return cfg, info, model.eval()
 
 

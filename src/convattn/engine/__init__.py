@@ -3,7 +3,8 @@
 A task package (``convattn.tasks`` for classification, ``convattn.detection``) brings its data, model, loss and
 evaluation as a ``Task`` object and runs ``Loop.fit``; nothing here knows about images, labels or boxes.
 """
-from .checkpoint import CheckpointError, RunInUseError, latest_checkpoint, load_checkpoint, load_weights, run_lock, save_checkpoint
+from .checkpoint import (CheckpointError, RunInUseError, latest_checkpoint, load_checkpoint, load_run_weights, load_weights,
+                         read_run_config, run_lock, save_checkpoint)
 from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
 from .loop import Loop, RunState, Task, resume_run, settings_diff, wrap_model
@@ -11,6 +12,7 @@ from .optim import param_groups
 from .schedule import create_scheduler
 
 __all__ = ["CheckpointError", "RunInUseError", "latest_checkpoint", "load_checkpoint", "load_weights", "run_lock",
+           "read_run_config", "load_run_weights",
            "save_checkpoint", "Progress", "autocast", "check_finite", "seed_all", "DistInfo", "all_reduce_sum", "barrier",
            "distributed_session", "init_distributed", "Loop", "RunState", "Task", "resume_run", "settings_diff",
            "wrap_model", "param_groups", "create_scheduler"]

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -24,7 +25,7 @@ from torch import nn
 from ..report import atomic_write_text
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "CheckpointError", "run_lock",
-           "RunInUseError"]
+           "RunInUseError", "read_run_config", "load_run_weights"]
 
 
 class CheckpointError(ValueError):
@@ -105,6 +106,33 @@ def load_weights(path: str | os.PathLike, model: nn.Module, what: str = "model")
         raise CheckpointError(f"{path} was made for another model/variant than this {what}: "
                               + "; ".join(p for p in parts if p) + ". Check --model/--variant (or the run's config.json)")
     model.load_state_dict(sd)
+
+
+def read_run_config(run_dir: str | os.PathLike, config_cls: type, command: str) -> tuple[Any, dict[str, Any] | None]:
+    """(config, data.json or None) of a run folder written by ``command``; settings a newer or older version wrote
+    that ``config_cls`` does not have are left out (they were resume checks, not model settings)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path} not found: --run must be a folder written by `{command}`")
+    saved = json.loads(cfg_path.read_text())
+    known = {f.name for f in fields(config_cls)}
+    data_path = run_dir / "data.json"
+    return config_cls(**{k: v for k, v in saved.items() if k in known}), \
+        (json.loads(data_path.read_text()) if data_path.exists() else None)
+
+
+def load_run_weights(run_dir: str | os.PathLike, model: nn.Module, checkpoint: str | os.PathLike | None = None,
+                     use_ema: bool = False, what: str = "model") -> Path:
+    """Load a run's latest checkpoint (or ``checkpoint``: a checkpoint folder or a .safetensors file) into ``model``,
+    the EMA weights with ``use_ema``; returns the file loaded."""
+    src = Path(checkpoint) if checkpoint else latest_checkpoint(Path(run_dir) / "checkpoints")
+    if src is None:
+        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
+    if src.is_dir():
+        src = src / ("ema.safetensors" if use_ema else "model.safetensors")
+    load_weights(src, model, what)
+    return src
 
 
 def load_checkpoint(folder: str | os.PathLike, model: nn.Module, ema: nn.Module | None = None) -> tuple[dict, dict]:

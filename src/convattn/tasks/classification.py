@@ -10,7 +10,7 @@ import contextlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import nn
 from ..data import DataBundle, build_data, resolve_name
 from ..models import create_model, default_data_cfg, parse_variant
 from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
-from ..engine.checkpoint import CheckpointError, latest_checkpoint, load_weights, run_lock
+from ..engine.checkpoint import latest_checkpoint, load_run_weights, read_run_config, run_lock
 from ..engine.common import autocast, check_finite, seed_all
 from ..engine.distributed import DistInfo, all_reduce_sum, distributed_session, init_distributed
 from ..engine.optim import check_attn_lr_mult, check_wd_exclude, param_groups
@@ -408,26 +408,13 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
 def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
              use_ema: bool = False) -> tuple[TrainConfig, dict[str, Any], nn.Module]:
     """(config, data info, model with the run's latest or given weights) of a folder written by ``train``."""
-    run_dir = Path(run_dir)
-    cfg_path, data_path = run_dir / "config.json", run_dir / "data.json"
-    if not cfg_path.exists():
-        raise FileNotFoundError(f"{cfg_path} not found: --run must be a folder written by `convattn train`")
-    saved = json.loads(cfg_path.read_text())
-    known = {f.name for f in fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    if data_path.exists():
-        info = json.loads(data_path.read_text())
-    else:  # runs from before data.json: rebuild the statistics from the data set
+    cfg, info = read_run_config(run_dir, TrainConfig, "convattn train")
+    if info is None:  # runs from before data.json: rebuild the statistics from the data set
         d = data_for(cfg, cfg.batch_size or 1, workers=0)
         info = dict(name=d.name, mean=d.mean, std=d.std, image_size=d.image_size, in_chans=d.in_chans,
                     num_classes=d.num_classes, classes=d.classes)
     model = build_model(cfg, num_classes=info["num_classes"], in_chans=info["in_chans"])
-    src = Path(checkpoint) if checkpoint else latest_checkpoint(run_dir / "checkpoints")
-    if src is None:
-        raise CheckpointError(f"{run_dir} has no completed checkpoint yet")
-    if src.is_dir():
-        src = src / ("ema.safetensors" if use_ema else "model.safetensors")
-    load_weights(src, model)
+    load_run_weights(run_dir, model, checkpoint, use_ema)
     return cfg, info, model.eval()
 
 
