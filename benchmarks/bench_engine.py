@@ -76,9 +76,11 @@ def main() -> None:
                                          batch_size=args.batch_size, workers=0, progress=False,
                                          threads=args.threads))
         eng, bare = [], []
-        for _ in range(args.rounds):  # alternating: drifts of the machine hit both
-            eng += engine_epochs(cfg)
-            bare += bare_epochs(cfg)
+        for r in range(args.rounds):  # alternating, and each side first in every other round: drifts of the
+            first, second = (engine_epochs, bare_epochs) if r % 2 == 0 else (bare_epochs, engine_epochs)  # machine
+            a, b = first(cfg), second(cfg)  # and the process's warm-up hit both sides alike
+            eng += a if first is engine_epochs else b
+            bare += b if first is engine_epochs else a
         e, b = statistics.median(eng), statistics.median(bare)
         rows.append(dict(model=args.model, variant=v, engine_img_s=round(e, 1), bare_img_s=round(b, 1),
                          ratio=round(b / e, 3)))
