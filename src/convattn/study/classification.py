@@ -206,6 +206,4 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     variants = [v.strip() for v in cfg.variants if v.strip()]
-    for v in variants:
-        parse_variant(v)
     return run_study(ClassificationStudy(cfg, variants), variants, cfg.seeds, cfg.out, command, cfg.report_only)

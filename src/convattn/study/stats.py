@@ -38,9 +38,9 @@ def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], iden
         old = json.loads(p.read_text())
         keys = sorted(set(study["recipe"]) | set(old.get("recipe", {})))
         was, now = ({k: r.get(k, defaults.get(k)) for k in keys} for r in (old.get("recipe", {}), study["recipe"]))
-        differ = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in keys if was[k] != now[k]]
-        differ += [f"{k}: {old.get(k, 'classification' if k == 'task' else None)!r} -> {study[k]!r}"
-                   for k in identity if old.get(k, "classification" if k == "task" else None) != study[k]]
+        was.update({k: old.get(k, "classification" if k == "task" else None) for k in identity})
+        now.update({k: study[k] for k in identity})
+        differ = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in dict.fromkeys([*keys, *identity]) if was[k] != now[k]]
         if differ:
             raise ValueError(f"{out} holds a study with another recipe or {'/'.join(identity)} ({', '.join(differ)}); "
                              "use a new --out folder (finished runs are never overwritten)")
