@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import platform
 import statistics
 import tempfile
@@ -20,7 +21,7 @@ import torch
 from convattn.models import parse_variant  # noqa: F401  (validates variant names early)
 from convattn.report import atomic_write_text, to_markdown, write_csv
 from convattn.engine import create_scheduler, param_groups, seed_all
-from convattn.tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
+from convattn.tasks.classification import TrainConfig, build_model, data_for, evaluate, resolve_config, train
 
 
 def engine_epochs(cfg: TrainConfig) -> list[float]:
@@ -31,8 +32,9 @@ def engine_epochs(cfg: TrainConfig) -> list[float]:
     return [float(r["images_per_s"]) for r in rows]
 
 
-def bare_epochs(cfg: TrainConfig) -> list[float]:
-    """Images/s of the same training written as a plain loop (no checks, metrics, progress or checkpoints)."""
+def bare_epochs(cfg: TrainConfig, evaluate_each_epoch: bool = False) -> list[float]:
+    """Images/s of the same training written as a plain loop (no checks, metrics, progress or checkpoints); with
+    ``evaluate_each_epoch`` it also evaluates on the validation set after every epoch (untimed), as the engine does."""
     seed_all(cfg.seed)
     data = data_for(cfg, cfg.batch_size)
     model = build_model(cfg, data)
@@ -55,6 +57,8 @@ def bare_epochs(cfg: TrainConfig) -> list[float]:
             sched.step_update(updates)
             n += len(y)
         out.append(n / (time.perf_counter() - t0))
+        if evaluate_each_epoch:
+            evaluate(model, data.val, torch.device("cpu"))
     return out
 
 
@@ -67,6 +71,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bare-eval", action="store_true", help="the bare loop also evaluates after every epoch (untimed)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,16 +81,20 @@ def main() -> None:
                                          batch_size=args.batch_size, workers=0, progress=False,
                                          threads=args.threads))
         eng, bare = [], []
-        for r in range(args.rounds):  # alternating, and each side first in every other round: drifts of the
-            first, second = (engine_epochs, bare_epochs) if r % 2 == 0 else (bare_epochs, engine_epochs)  # machine
-            a, b = first(cfg), second(cfg)  # and the process's warm-up hit both sides alike
+        bare_fn = functools.partial(bare_epochs, evaluate_each_epoch=args.bare_eval)
+        # alternating, each side first in every other round: the machine's drifts and warm-up hit both sides alike
+        for r in range(args.rounds):
+            first, second = (engine_epochs, bare_fn) if r % 2 == 0 else (bare_fn, engine_epochs)
+            a, b = first(cfg), second(cfg)
             eng += a if first is engine_epochs else b
             bare += b if first is engine_epochs else a
         e, b = statistics.median(eng), statistics.median(bare)
         rows.append(dict(model=args.model, variant=v, engine_img_s=round(e, 1), bare_img_s=round(b, 1),
                          ratio=round(b / e, 3)))
         print(rows[-1], flush=True)
-    cmd = "python benchmarks/bench_engine.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    cmd = "python benchmarks/bench_engine.py " + " ".join(
+        f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {v}") for k, v in vars(args).items()
+        if v is not False)
     write_csv(f"{args.out}/bench.csv", rows)
     atomic_write_text(f"{args.out}/bench.md", f"# train engine vs a bare loop\n\nCommand: `{cmd}`\n\n"
                       f"Environment: torch {torch.__version__}, {platform.machine()}, {args.threads} threads; median "
