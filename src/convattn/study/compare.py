@@ -96,22 +96,19 @@ def _metric_row(v: str, runs: list[dict[str, Any]], base_runs: list[dict[str, An
     row: dict[str, Any] = dict(variant=v, seeds_done=len(runs))
     if not runs:
         return dict(row, verdict="not run yet")
-    for i, m in enumerate(metrics):
+    for m in metrics:
         vals = [m.of(r) for r in runs]
         row[f"{m.key}_mean"] = float(np.mean(vals))
         if not m.compared:
             continue
         row[f"{m.key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
         if v != "none":
-            d, se = welch(vals, [m.of(r) for r in base_runs])
-            row[f"{m.key}_delta"], row[f"{m.key}_delta_se"] = d, se
+            row[f"{m.key}_delta"], row[f"{m.key}_delta_se"] = welch(vals, [m.of(r) for r in base_runs])
             row[f"{m.key}_paired"] = paired_cells(paired_deltas(runs, base_runs, m.of))["paired"]
-            if i == 0:
-                row["verdict"] = _verdict(v, d, se)
-        elif i == 0:
-            row["verdict"] = "baseline"
-        if i == 0:
-            row[f"{m.key}_per_seed"] = " ".join(f"{x:.2f}" for x in vals)
+    p = metrics[0]  # the primary metric: the verdict and the per-seed values
+    if p.compared:
+        row["verdict"] = _verdict(v, row.get(f"{p.key}_delta", 0.0), row.get(f"{p.key}_delta_se", float("nan")))
+        row[f"{p.key}_per_seed"] = " ".join(f"{p.of(r):.2f}" for r in runs)
     return row
 
 
