@@ -89,11 +89,14 @@ def _seed_list(seeds: list[int]) -> list[int]:
 
 def _run_compare(args: argparse.Namespace) -> int:
     """One study for every task (convattn.study.compare.run_study); the task supplies recipe, runs and metrics."""
-    from ..validate import check_value
+    from ..validate import ConfigError, check_value
     seeds = _seed_list(args.seeds)
     check_value("latency_batch", args.latency_batch, lo=1, integer=True)
     command = "convattn " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")  # the command that trains
     if args.task == "detection":
+        if args.time_budget:
+            raise ConfigError("--time-budget sizes classification studies; give the detection recipe (--epochs, "
+                              "--train-size) instead")
         from ..study import detection
         detection.compare_detection(_detection_base(args), args.variants or ["steam", "aw"], seeds, args.out, command,
                                     args.report_only)
@@ -106,12 +109,25 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _compare_config(args: argparse.Namespace, seeds: list[int]):
     from ..models import DEFAULT_VARIANTS
     from ..study.classification import DEFAULT_STUDY, CompareConfig
+    from ..validate import ConfigError
+    default_study = args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"]
     train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
-        if args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"] else {}
-    train.update(_train_overrides(args))
+        if default_study else {}
+    given = _train_overrides(args)
+    train.update(given)
+    sizes = tuple(k for k in ("train_size", "epochs") if k not in given)  # what a time budget may size
+    budget = args.time_budget
+    if budget is None:  # the default study is budgeted unless its whole size (images and epochs) is given
+        budget = DEFAULT_STUDY["time_budget_min"] if default_study and sizes else 0.0
+    if budget < 0:
+        raise ConfigError(f"--time-budget {budget:g}: give minutes > 0, or 0 for no budget")
+    if budget and not sizes:
+        raise ConfigError(f"--time-budget {budget:g} sizes --train-size and --epochs, but both are given; drop one "
+                          "of them, or --time-budget")
     return CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
                          data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
-                         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only)
+                         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only,
+                         time_budget_min=budget or None, budget_sizes=sizes)
 
 
 def _detection_base(args: argparse.Namespace):
@@ -231,9 +247,10 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_detect)
 
     p = sub.add_parser("compare", help="train baseline + attention variants over seeds and write one report",
-                       description="With no arguments: ResNet-20 on the embedded Fashion-MNIST subset "
-                                   f"({DEFAULT_STUDY['train_size']} training images, {DEFAULT_STUDY['epochs']} epochs, "
-                                   f"{len(DEFAULT_STUDY['seeds'])} seeds), every default variant.")
+                       description="With no arguments: ResNet-20 on the embedded Fashion-MNIST subset, every default "
+                                   f"variant, {len(DEFAULT_STUDY['seeds'])} seeds, sized to a "
+                                   f"{DEFAULT_STUDY['time_budget_min']:g}-minute budget on this machine (training "
+                                   "images, then epochs; printed before training).")
     p.add_argument("--model", default=DEFAULT_STUDY["model"])
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
                    help="comma-separated (default: none,se,cbam,eca,gct,steam,aw,se+aw,cbam+aw)")
@@ -244,6 +261,10 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--latency-batch", type=int, default=64)
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs finished so far (marked partial)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="MIN",
+                   help="size --train-size and --epochs (those not given) to this wall time on this machine, from "
+                        f"each arm's measured cost (default: {DEFAULT_STUDY['time_budget_min']:g} for the default "
+                        "study, else none; 0: no budget)")
     p.add_argument("--task", choices=["classification", "detection"], default="classification")
     p.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
     p.add_argument("--backbone", default="resnet18", help="--task detection: convattn ResNet or timm:<name> / torchvision:<name>")

@@ -16,14 +16,15 @@ from ..profile.latency import measure_latency, prepare_for_timing
 from ..report import atomic_write_text
 from ..tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
 from ..validate import ConfigError
+from .budget import BUDGET_FILE, size_study
 from .compare import Metric, Results, run_study
 
 __all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "DEFAULT_STUDY"]
 
-# The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized to finish in under
-# 15 minutes on 2 CPU cores.
+# The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized on the machine it runs on to a
+# 15-minute budget (training images, then epochs; see study.budget); 4,000 images x 2 epochs without a budget.
 DEFAULT_STUDY = dict(model="resnet20", data="embedded", train_size=4000, epochs=2, seeds=[0, 1, 2], batch_size=64,
-                     lr=0.05, warmup_epochs=0.25)
+                     lr=0.05, warmup_epochs=0.25, time_budget_min=15.0)
 
 TOP1 = Metric("top1", "val top-1 %", lambda run: run["val_top1"])
 
@@ -46,6 +47,8 @@ class CompareConfig:
     latency_repeats: int = 10
     progress: bool = True
     report_only: bool = False  # train nothing; report the finished runs (a partial study says so)
+    time_budget_min: float | None = None  # size the recipe to this wall time on this machine (study.budget)
+    budget_sizes: Sequence[str] = ("train_size", "epochs")  # what the budget may size (the rest is as given)
 
 
 def _default_aw_mode(model: str) -> str:
@@ -185,7 +188,16 @@ class ClassificationStudy:
                    if base.attn_lr_mult != 1 else "")
                 + (f", attention options {json.dumps(base.attn_kwargs)}" if base.attn_kwargs else "")
                 + (f", AW options {json.dumps(base.conv_kwargs)}" if base.conv_kwargs else "")
-                + f"; {r0['train_images']} training / {r0['val_images']} validation images; seeds {list(seeds)}.")
+                + f"; {r0['train_images']} training / {r0['val_images']} validation images; seeds {list(seeds)}."
+                + self._budget_line())
+
+    def _budget_line(self) -> str:
+        path = Path(self.cfg.out) / BUDGET_FILE
+        if not path.exists():
+            return ""
+        b = json.loads(path.read_text())
+        return (f" Sized to a {b['budget_min']:g}-minute budget on the machine that ran it (training images, then "
+                f"epochs, from each arm's measured cost per image; predicted {b['predicted_s'] / 60:.1f} min).")
 
     def notes(self) -> list[str]:
         return [
@@ -206,4 +218,14 @@ def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     variants = [v.strip() for v in cfg.variants if v.strip()]
-    return run_study(ClassificationStudy(cfg, variants), variants, cfg.seeds, cfg.out, command, cfg.report_only)
+    study = ClassificationStudy(cfg, variants)
+    out = Path(cfg.out)
+    sized_before = (out / BUDGET_FILE).exists()
+    if cfg.budget_sizes and (sized_before or (cfg.time_budget_min and not cfg.report_only)):
+        sized = size_study(study.base, study.variants, len(cfg.seeds), cfg.time_budget_min or 0.0, out,
+                           "train_size" in cfg.budget_sizes, "epochs" in cfg.budget_sizes, cfg.latency_batch)
+        sized = {k: v for k, v in sized.items() if k in cfg.budget_sizes}  # given options stay as given
+        if sized:
+            cfg = replace(cfg, train={**cfg.train, **sized})
+            study = ClassificationStudy(cfg, variants)
+    return run_study(study, variants, cfg.seeds, cfg.out, command, cfg.report_only)

@@ -1,0 +1,151 @@
+"""Size a classification study to a wall-clock budget on the machine it runs on.
+
+Each arm's training and evaluation cost per image is measured with a few real training steps (the study's
+model, recipe and data), then :func:`plan` picks the largest recipe that fits: more training images first (up
+to the whole training set, in steps of 250), then more epochs. ``convattn compare`` with no arguments uses a
+15-minute budget, so that a fast machine trains more and a slow one still finishes; the resolved recipe is
+printed, stored with the study (a resumed study keeps it) and stated in the report.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..report import atomic_write_text
+from ..tasks.classification import TrainConfig, build_model, data_for
+
+__all__ = ["ArmCost", "Plan", "measure_costs", "plan", "size_study"]
+
+BUDGET_FILE = "budget.json"
+_SIZE_STEP = 250  # training-set sizes are multiples of this (25 images per class for 10 classes)
+_MIN_TRAIN = 1000
+_MAX_EPOCHS = 100
+_MARGIN = 0.9  # plan to 90 % of the budget: the measurement is short and the machine noisy
+
+
+@dataclass(frozen=True)
+class ArmCost:
+    """Measured seconds per image of one arm: a training step (forward, loss, backward, SGD) and evaluation."""
+
+    variant: str
+    train_s: float
+    eval_s: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What fits: training images and epochs per run, and the predicted wall time of the whole study."""
+
+    train_size: int
+    epochs: int
+    predicted_s: float
+    budget_s: float
+
+    @property
+    def fits(self) -> bool:
+        return self.predicted_s <= self.budget_s
+
+
+def measure_costs(base: TrainConfig, variants: Sequence[str], steps: int = 3) -> list[ArmCost]:
+    """Seconds per training and per evaluation image of each arm, from ``steps`` timed steps (after one untimed)
+    on a real training batch of the study's data."""
+    from .classification import _variant_config
+    data = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
+    x, y = next(iter(data.train.epoch(1)))
+    out = []
+    for v in variants:
+        torch.manual_seed(0)
+        model = build_model(_variant_config(base, v), data).train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        times = []
+        for i in range(steps + 1):
+            t = time.perf_counter()
+            loss = nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            times.append(time.perf_counter() - t)
+        model.eval()
+        evals = []
+        with torch.no_grad():
+            for _ in range(3):
+                t = time.perf_counter()
+                model(x)
+                evals.append(time.perf_counter() - t)
+        n = len(y)
+        out.append(ArmCost(v, statistics.median(times[1:]) / n, statistics.median(evals[1:]) / n))
+    return out
+
+
+def _predict(costs: Sequence[ArmCost], seeds: int, train_size: int, epochs: int, val_images: int,
+             fixed_s: float) -> float:
+    """Predicted seconds of the study: every arm and seed trains ``epochs`` × ``train_size`` images and evaluates
+    the validation set after every epoch; ``fixed_s`` covers what runs once (profiling, latency, report)."""
+    per_seed = sum(epochs * (train_size * c.train_s + val_images * c.eval_s) for c in costs)
+    return seeds * per_seed + fixed_s
+
+
+def plan(costs: Sequence[ArmCost], seeds: int, budget_s: float, val_images: int, max_train: int, epochs: int = 2,
+         fixed_s: float = 0.0, size_epochs: bool = True, size_train: bool = True, train_size: int | None = None
+         ) -> Plan:
+    """The largest recipe predicted to fit ``_MARGIN`` × ``budget_s``: training images first (multiples of 250,
+    at least 1,000, at most ``max_train``) at ``epochs`` epochs, then, with the whole training set, more epochs.
+    With ``size_train=False`` only the epochs are sized (for the given ``train_size``), with ``size_epochs=False``
+    only the images. When even the smallest recipe does not fit it is returned with ``fits`` False."""
+    usable = _MARGIN * budget_s
+    fixed_size = min(train_size or max_train, max_train)
+
+    def cost(n: int, e: int) -> float:
+        return _predict(costs, seeds, n, e, val_images, fixed_s)
+
+    n = fixed_size
+    if size_train:
+        n_min = min(_MIN_TRAIN, max_train)
+        n = n_min
+        while n + _SIZE_STEP <= max_train and cost(n + _SIZE_STEP, epochs) <= usable:
+            n += _SIZE_STEP
+        if n + _SIZE_STEP > max_train and cost(max_train, epochs) <= usable:
+            n = max_train  # the whole training set
+    e = epochs
+    if size_epochs and (n == max_train or not size_train):
+        e = 1 if cost(n, epochs) > usable else epochs
+        while e < _MAX_EPOCHS and cost(n, e + 1) <= usable:
+            e += 1
+    return Plan(n, e, round(cost(n, e), 1), budget_s)
+
+
+def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_min: float, out: Path,
+               size_train: bool, size_epochs: bool, latency_batch: int = 64) -> dict[str, int]:
+    """The training images and epochs of a budgeted study: read back from ``out`` when the study was sized
+    before (a resumed study keeps its recipe), else measured here, printed and written to ``out/budget.json``."""
+    path = out / BUDGET_FILE
+    if path.exists():
+        stored = json.loads(path.read_text())
+        print(f"time budget: {stored['budget_min']:g} min, recipe sized when the study started: "
+              f"{stored['train_size']:,} training images x {stored['epochs']} epochs")
+        return {"train_size": stored["train_size"], "epochs": stored["epochs"]}
+    if (out / "study.json").exists():  # a study started without a budget keeps its own recipe
+        return {}
+    t0 = time.perf_counter()
+    full = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
+    costs = measure_costs(base, variants)
+    # once per study: a profile (one forward per arm) and the latency table (about 12 batches per arm)
+    fixed = sum(12 * latency_batch * c.eval_s + 1.0 for c in costs)
+    spent = time.perf_counter() - t0  # the measurement is part of the budget
+    p = plan(costs, seeds, 60 * budget_min - spent, full.val.num_samples, full.train.num_samples, base.epochs, fixed,
+             size_epochs=size_epochs, size_train=size_train, train_size=base.train_size)
+    p = replace(p, predicted_s=round(p.predicted_s + spent, 1), budget_s=60 * budget_min)
+    per_arm = ", ".join(f"{c.variant} {1e3 * c.train_s:.2f}" for c in costs)
+    print(f"time budget: {budget_min:g} min on this machine; measured training ms/image: {per_arm}")
+    print(f"time budget: {p.train_size:,} training images x {p.epochs} epochs per run, predicted "
+          f"{p.predicted_s / 60:.1f} min" + ("" if p.fits else " (the smallest recipe; it does not fit the budget)"))
+    atomic_write_text(path, json.dumps(dict(budget_min=budget_min, **asdict(p), costs=[asdict(c) for c in costs]),
+                                       indent=2))
+    return {"train_size": p.train_size, "epochs": p.epochs}
