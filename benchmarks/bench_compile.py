@@ -22,7 +22,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from convattn.engine import seed_all
+from convattn.engine import compile_model, seed_all
 from convattn.report import atomic_write_text, to_markdown, write_csv
 from convattn.tasks.classification import TrainConfig, build_model, data_for, resolve_config
 
@@ -44,7 +44,7 @@ class Stepper:
 
     def __init__(self, model: nn.Module, compile: bool) -> None:
         self.model = model.train()
-        self.net = torch.compile(model) if compile else model
+        self.net = compile_model(model) if compile else model  # the engine's torch.compile (train --compile)
         self.opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -125,7 +125,8 @@ def main() -> None:
     write_csv(f"{args.out}/bench.csv", rows)
     atomic_write_text(f"{args.out}/bench.md", f"# torch.compile training throughput\n\nCommand: `{cmd}`\n\n"
                       f"Environment: torch {torch.__version__}, {platform.machine()} ({platform.processor() or 'cpu'}), "
-                      f"{args.threads} threads, fp32, inductor (default mode); training step = forward, cross-entropy, "
+                      f"{args.threads} threads, fp32, inductor (default mode, the engine's options: "
+                      "convattn.engine.compile_model); training step = forward, cross-entropy, "
                       f"backward, SGD step; median over {args.rounds} alternating rounds of {args.steps} steps per side. "
                       f"compile_s: first compiled step minus one eager step ({'warm' if args.warm_cache else 'cold'} inductor caches); "
                       "break_even_steps: compile_s over the "

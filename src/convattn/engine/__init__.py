@@ -7,7 +7,7 @@ from .checkpoint import (CheckpointError, RunInUseError, latest_checkpoint, load
                          read_run_config, run_lock, save_checkpoint)
 from .common import Progress, autocast, check_finite, seed_all
 from .distributed import DistInfo, all_reduce_sum, barrier, distributed_session, init_distributed
-from .loop import Loop, RunState, Task, resume_run, settings_diff, wrap_model
+from .loop import Loop, RunState, Task, compile_model, resume_run, settings_diff, wrap_model
 from .optim import param_groups
 from .schedule import create_scheduler
 
@@ -15,4 +15,4 @@ __all__ = ["CheckpointError", "RunInUseError", "latest_checkpoint", "load_checkp
            "read_run_config", "load_run_weights",
            "save_checkpoint", "Progress", "autocast", "check_finite", "seed_all", "DistInfo", "all_reduce_sum", "barrier",
            "distributed_session", "init_distributed", "Loop", "RunState", "Task", "resume_run", "settings_diff",
-           "wrap_model", "param_groups", "create_scheduler"]
+           "wrap_model", "compile_model", "param_groups", "create_scheduler"]
