@@ -89,3 +89,13 @@ def test_budgeted_study_stores_its_recipe_and_keeps_it_when_resumed(tmp_path, mo
     monkeypatch.setattr(budget, "measure_costs", no_measuring)
     run_compare(cfg)  # resumed: the stored recipe, nothing retrained
     assert "sized when the study started: 200 training images" in capsys.readouterr().out
+
+
+def test_measured_costs_are_per_image_and_training_costs_more_than_evaluation():
+    from convattn.study.classification import _base_config
+    cfg = CompareConfig(variants=["eca"], seeds=[0], progress=False,
+                        train=dict(train_size=256, epochs=1, batch_size=32, warmup_epochs=0.0))
+    costs = budget.measure_costs(_base_config(cfg, ["none", "eca"]), ["none", "eca"], min_steps=2, min_s=0.0)
+    assert [c.variant for c in costs] == ["none", "eca"]
+    for c in costs:
+        assert 0 < c.eval_s < c.train_s < 1.0  # seconds per image of a 28x28 ResNet-20

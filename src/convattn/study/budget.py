@@ -53,9 +53,10 @@ class Plan:
         return self.predicted_s <= self.budget_s
 
 
-def measure_costs(base: TrainConfig, variants: Sequence[str], steps: int = 3) -> list[ArmCost]:
-    """Seconds per training and per evaluation image of each arm, from ``steps`` timed steps (after one untimed)
-    on a real training batch of the study's data."""
+def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3, min_s: float = 0.75
+                  ) -> list[ArmCost]:
+    """Seconds per training and per evaluation image of each arm: the median of at least ``min_steps`` timed
+    training steps and ``min_s`` seconds (after one untimed step) on a real training batch of the study's data."""
     from .classification import _variant_config
     data = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     x, y = next(iter(data.train.epoch(1)))
@@ -64,8 +65,8 @@ def measure_costs(base: TrainConfig, variants: Sequence[str], steps: int = 3) ->
         torch.manual_seed(0)
         model = build_model(_variant_config(base, v), data).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        times = []
-        for i in range(steps + 1):
+        times: list[float] = []
+        while len(times) < min_steps + 1 or sum(times[1:]) < min_s:
             t = time.perf_counter()
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)

@@ -23,7 +23,7 @@ __all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "DEFAULT_STUDY
 
 # The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized on the machine it runs on to a
 # 15-minute budget (training images, then epochs; see study.budget); 4,000 images x 2 epochs without a budget.
-DEFAULT_STUDY = dict(model="resnet20", data="embedded", train_size=4000, epochs=2, seeds=[0, 1, 2], batch_size=64,
+DEFAULT_STUDY = dict(model="resnet20", data="embedded", train_size=4000, epochs=2, seeds=[0, 1, 2], batch_size=32,
                      lr=0.05, warmup_epochs=0.25, time_budget_min=15.0)
 
 TOP1 = Metric("top1", "val top-1 %", lambda run: run["val_top1"])
