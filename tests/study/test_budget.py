@@ -69,7 +69,7 @@ def test_budgeted_study_stores_its_recipe_and_keeps_it_when_resumed(tmp_path, mo
     monkeypatch.setattr(budget, "_MIN_TRAIN", 100)
     monkeypatch.setattr(budget, "_SIZE_STEP", 100)
     fake = [ArmCost("none", 1e-2, 1e-4), ArmCost("eca", 1e-2, 1e-4)]
-    monkeypatch.setattr(budget, "measure_costs", lambda base, variants: fake)
+    monkeypatch.setattr(budget, "measure_costs", lambda base, variants, **kw: fake)
     # 1 seed, 2 arms, 1 epoch (given): 2 (n 1e-2 + 0.2) + fixed 2 x (12 x 8 x 1e-4 + 1) <= 0.9 x (8.4 s - measuring)
     # -> n = 200 (300 would need 8.42 s of the 7.56 usable)
     cfg = CompareConfig(variants=["eca"], seeds=[0], out=str(tmp_path), progress=False, threads=2,
@@ -83,7 +83,7 @@ def test_budgeted_study_stores_its_recipe_and_keeps_it_when_resumed(tmp_path, mo
     assert rows[0]["seeds_done"] == 1
     assert "Sized to a 0.14-minute budget" in (tmp_path / "report.md").read_text()
 
-    def no_measuring(*a):
+    def no_measuring(*a, **kw):
         raise AssertionError("a resumed study must not be measured again")
 
     monkeypatch.setattr(budget, "measure_costs", no_measuring)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..report import atomic_write_text
+from ..data import DataBundle
 from ..tasks.classification import TrainConfig, build_model, data_for
 
 __all__ = ["ArmCost", "Plan", "measure_costs", "plan", "size_study"]
@@ -53,12 +54,13 @@ class Plan:
         return self.predicted_s <= self.budget_s
 
 
-def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3, min_s: float = 0.75
-                  ) -> list[ArmCost]:
+def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3, min_s: float = 0.75,
+                  data: DataBundle | None = None) -> list[ArmCost]:
     """Seconds per training and per evaluation image of each arm: the median of at least ``min_steps`` timed
-    training steps and ``min_s`` seconds (after one untimed step) on a real training batch of the study's data."""
+    training steps and ``min_s`` seconds (after one untimed step) on a real training batch of the study's data
+    (``data``, loaded here when not given)."""
     from .classification import _variant_config
-    data = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
+    data = data or data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     x, y = next(iter(data.train.epoch(1)))
     out = []
     for v in variants:
@@ -136,7 +138,7 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
         return {}
     t0 = time.perf_counter()
     full = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
-    costs = measure_costs(base, variants)
+    costs = measure_costs(base, variants, data=full)
     # once per study: a profile (one forward per arm) and the latency table (about 12 batches per arm)
     fixed = sum(12 * latency_batch * c.eval_s + 1.0 for c in costs)
     spent = time.perf_counter() - t0  # the measurement is part of the budget
