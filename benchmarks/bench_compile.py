@@ -22,17 +22,17 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+from convattn.data import DataBundle
 from convattn.engine import compile_model, seed_all
 from convattn.report import atomic_write_text, to_markdown, write_csv
 from convattn.tasks.classification import TrainConfig, build_model, data_for, resolve_config
 
 
-def batches(cfg: TrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def batches(data: DataBundle, batch_size: int, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` full training batches of the run's real data, held in memory."""
-    data = data_for(cfg, cfg.batch_size)
     out = []
     for x, y in data.train.epoch(1):
-        if len(y) == cfg.batch_size:
+        if len(y) == batch_size:
             out.append((x.contiguous(), y))
         if len(out) == count:
             break
@@ -67,8 +67,9 @@ def explain_counts(model: nn.Module, x: torch.Tensor) -> tuple[int, int, list[st
 
 def bench_variant(cfg: TrainConfig, steps: int, rounds: int) -> dict:
     seed_all(cfg.seed)
-    data = batches(cfg, steps)
-    model = build_model(cfg, data_for(cfg, cfg.batch_size))
+    bundle = data_for(cfg, cfg.batch_size)
+    data = batches(bundle, cfg.batch_size, steps)
+    model = build_model(cfg, bundle)
     graphs, breaks, reasons = explain_counts(model, data[0][0])
     eager, comp = Stepper(copy.deepcopy(model), False), Stepper(copy.deepcopy(model), True)
     x0, y0 = data[0]

@@ -103,15 +103,12 @@ def plan(costs: Sequence[ArmCost], seeds: int, budget_s: float, val_images: int,
     With ``size_train=False`` only the epochs are sized (for the given ``train_size``), with ``size_epochs=False``
     only the images. When even the smallest recipe does not fit it is returned with ``fits`` False."""
     usable = _MARGIN * budget_s
-    fixed_size = min(train_size or max_train, max_train)
 
     def cost(n: int, e: int) -> float:
         return _predict(costs, seeds, n, e, val_images, fixed_s)
 
-    n = fixed_size
+    n = min(_MIN_TRAIN if size_train else (train_size or max_train), max_train)
     if size_train:
-        n_min = min(_MIN_TRAIN, max_train)
-        n = n_min
         while n + _SIZE_STEP <= max_train and cost(n + _SIZE_STEP, epochs) <= usable:
             n += _SIZE_STEP
         if n + _SIZE_STEP > max_train and cost(max_train, epochs) <= usable:
