@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import AttentionModule
+from ..optional import require
 from ..report import atomic_write_text, save_figure
 
 __all__ = ["attention_maps", "attention_statistics", "grad_cam", "save_maps", "load_image", "validation_images"]
@@ -186,7 +187,7 @@ def save_statistics(rows: list[dict[str, Any]], out_dir: str | os.PathLike, titl
 def save_maps(model: nn.Module, x: torch.Tensor, display: np.ndarray, out_dir: str | os.PathLike,
               classes: list[str] | None = None, label: int | None = None) -> dict[str, Any]:
     """Write channel_gates.png, spatial_maps.png, aw_modulation.png, gradcam.png and maps.json; returns the summary."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "attention maps")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     out = Path(out_dir)

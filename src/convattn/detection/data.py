@@ -21,6 +21,7 @@ from PIL import Image
 
 from ..data.fashion_mnist import CLASSES, load_embedded
 from ..data.loaders import open_image
+from ..optional import require
 from ..report import atomic_write_text
 
 __all__ = ["CocoDetection", "VocDetection", "make_synthetic_coco", "default_cache_dir", "collate",
@@ -92,7 +93,7 @@ def _paste_items(rng: np.random.Generator, items: np.ndarray, labels: np.ndarray
 def make_synthetic_coco(root: str | os.PathLike, n_train: int = 600, n_val: int = 150, canvas: int = 128,
                         max_objects: int = 4, seed: int = 0, backgrounds: bool = True) -> Path:
     """Write the embedded detection set (COCO format) under ``root``; idempotent for the same settings."""
-    from pycocotools import mask as mask_utils
+    mask_utils = require("pycocotools.mask", "detection", "the embedded detection set")
     root = Path(root)
     spec = dict(version=EMBEDDED_VERSION, n_train=n_train, n_val=n_val, canvas=canvas, max_objects=max_objects,
                 seed=seed, backgrounds=backgrounds)
@@ -200,7 +201,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, masks: bool = False,
                  allow_outside: bool = False) -> None:
-        from pycocotools.coco import COCO
+        COCO = require("pycocotools.coco", "detection", "COCO-format detection data").COCO
         self.img_dir, self.ann_file = Path(img_dir), Path(ann_file)
         if not self.ann_file.is_file():
             raise FileNotFoundError(f"annotation file {self.ann_file} not found")

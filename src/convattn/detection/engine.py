@@ -18,6 +18,7 @@ from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
 from ..engine.checkpoint import CheckpointError, load_run_weights, read_run_config, run_lock
 from ..engine.common import seed_all
 from ..engine.distributed import DistInfo, distributed_session
+from ..optional import require
 from ..report import atomic_write_text, to_markdown
 from ..validate import ConfigError, check_values, option
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
@@ -163,6 +164,7 @@ def _loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, info: Dis
 
 def train_detector(cfg: DetectConfig) -> dict[str, Any]:
     """Train (or resume) a detector; evaluates with pycocotools after the last epoch. Returns the summary."""
+    require("pycocotools", "detection", "detection training (COCO evaluation)")
     cfg = resolve(cfg)
     with distributed_session(cfg.device) as info:
         with run_lock(cfg.out) if info.is_main else contextlib.nullcontext():  # one writer per run folder
@@ -262,9 +264,9 @@ def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
 def evaluate_detector(model: nn.Module, ds, masks: bool, device: torch.device, out: str | os.PathLike | None = None,
                       batch_size: int = 4) -> dict[str, Any]:
     """COCO-style AP with pycocotools (boxes; masks too for Mask R-CNN); writes eval.json / eval.md to ``out``."""
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    mask_utils = require("pycocotools.mask", "detection", "COCO evaluation")
+    COCO = require("pycocotools.coco", "detection", "COCO evaluation").COCO
+    COCOeval = require("pycocotools.cocoeval", "detection", "COCO evaluation").COCOeval
     model.eval()
     if isinstance(ds, CocoDetection):
         gt, to_cat = ds.coco, ds.label_to_cat

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..layers import AWConv2d
+from ..optional import require
 
 __all__ = ["export_mode", "export_onnx", "export_torchscript", "run_onnx", "export_model", "verify_export"]
 
@@ -39,6 +40,7 @@ def export_mode(model: nn.Module) -> Iterator[nn.Module]:
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, dynamic_batch: bool = True,
                 dynamic_hw: bool = False, opset: int = 18) -> Path:
     """Export ``model`` (eval mode) to ONNX with the TorchScript-based exporter; returns the path."""
+    require("onnx", "export", "ONNX export")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
@@ -59,7 +61,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor
 
 def run_onnx(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
     """Run an exported model with onnxruntime on the CPU."""
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "running an ONNX model")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"input": x.detach().cpu().numpy()})
     return torch.from_numpy(y)
@@ -69,7 +71,7 @@ def verify_export(model: nn.Module, path: str | os.PathLike, fmt: str, in_chans:
                   batches: tuple[int, ...] = (1, 2, 5)) -> float:
     """Largest |exported - PyTorch| over random inputs at each batch size (the file is loaded once)."""
     if fmt == "onnx":
-        import onnxruntime as ort
+        ort = require("onnxruntime", "export", "verifying an ONNX export")
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         run = lambda x: torch.from_numpy(sess.run(None, {"input": x.numpy()})[0])  # noqa: E731
     else:

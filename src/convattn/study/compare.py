@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..models import parse_variant
+from ..optional import require
 from ..report import atomic_write_text, print_table, save_figure, to_markdown, write_csv
 from .stats import check_study, paired_cells, paired_deltas, per_seed_table, slug, welch
 
@@ -159,7 +160,7 @@ def _stacked_table(variants: list[str], seeds: Sequence[int], results: Results, 
 
 def _plots(out: Path, rows: list[dict[str, Any]], results: Results, metric: Metric) -> list[str]:
     """The study's figures (written only when the study has what they show); their file names."""
-    import matplotlib
+    matplotlib = require("matplotlib", "plots", "a study's figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -216,6 +217,7 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     ``none`` (the baseline) is always an arm and comes first. With ``report_only`` nothing trains: the report is
     built from the runs finished so far and says it is partial. Returns the report's rows, one per variant.
     """
+    require("matplotlib", "plots", "a study's figures")  # before any training, not after it
     variants = list(dict.fromkeys(["none"] + [v.strip() for v in variants if v.strip()]))
     for v in variants:
         parse_variant(v)
