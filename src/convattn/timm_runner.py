@@ -19,11 +19,21 @@ _USAGE = ("usage: convattn-timm SCRIPT [ARGS...]\n"
           "  convattn-timm pytorch-image-models/train.py /data/imagefolder --model convattn_resnet50_se_aw")
 
 
+_SCRIPTS = ("train.py", "validate.py", "benchmark.py", "inference.py")
+
+
 def run_script(script: str | Path, args: list[str]) -> None:
     """Run ``script`` as ``__main__`` with ``args`` after registering convattn's models with timm."""
     import convattn  # noqa: F401  (registers convattn_* with timm)
 
     path = Path(script)
+    if path.is_dir():
+        found = [n for n in _SCRIPTS if (path / n).is_file()]
+        hint = (f"it holds {', '.join(found)}: pass one of them, e.g. convattn-timm {path / found[0]} ..." if found
+                else f"pass the path of one of timm's scripts ({', '.join(_SCRIPTS)}) in a pytorch-image-models "
+                     "checkout")
+        raise FileNotFoundError(f"{path} is a folder, not a script; convattn-timm expects SCRIPT [ARGS...] with SCRIPT "
+                                f"a Python file such as pytorch-image-models/train.py; {hint}")
     if not path.is_file():
         raise FileNotFoundError(f"script {path} not found: pass the path of timm's train.py/validate.py (from a "
                                 f"pytorch-image-models checkout)")

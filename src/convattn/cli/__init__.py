@@ -72,6 +72,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_export)
 
 
+MAX_EXPORT_SIZE = 2048  # --input-size: the traced and verified batches (up to 5 images) stay within memory
+
+
 def _file_stem(model: str, variant: str) -> str:
     """``timm:mobilenetv3_large_100`` + ``se+aw`` -> ``timm_mobilenetv3_large_100_se_aw`` (safe as a file name)."""
     from ..report import safe_name
@@ -81,9 +84,16 @@ def _file_stem(model: str, variant: str) -> str:
 def _run_export(args: argparse.Namespace) -> int:
     import torch
 
-    from ..validate import check_values
+    from ..validate import ConfigError, check_values
     check_values(args, (("num_classes", dict(lo=1, integer=True)), ("in_chans", dict(lo=1, integer=True)),
-                        ("input_size", dict(lo=8, integer=True, optional=True))))
+                        ("input_size", dict(lo=8, hi=MAX_EXPORT_SIZE, integer=True, optional=True))))
+    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
+    bad = set(formats) - {"onnx", "torchscript"}
+    if bad:
+        raise ValueError(f"unknown export format(s) {sorted(bad)}; valid: onnx, torchscript")
+    if not formats:
+        raise ConfigError(f"formats (--formats) {args.formats!r} names no format; give onnx, torchscript or both "
+                          "(comma-separated)")
 
     from ..export import export_model, verify_export
     if args.run:
@@ -97,10 +107,6 @@ def _run_export(args: argparse.Namespace) -> int:
         name, in_chans = _file_stem(args.model, args.variant), args.in_chans
         size = 32 if getattr(model, "stem", "") == "cifar" else 224
     size = args.input_size or size
-    formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    bad = set(formats) - {"onnx", "torchscript"}
-    if bad:
-        raise ValueError(f"unknown export format(s) {sorted(bad)}; valid: onnx, torchscript")
     paths = export_model(model, args.out, name, torch.randn(2, in_chans, size, size), formats, args.dynamic_hw)
     for fmt, path in paths.items():
         worst = verify_export(model, path, fmt, in_chans, size)
@@ -185,11 +191,22 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _check_out(args: argparse.Namespace) -> None:
+    """An empty ``--out`` would write into the current folder (``Path('')`` is ``.``), or fall back to a default
+    the user did not ask for: refused for every command."""
+    out = getattr(args, "out", None)
+    if isinstance(out, str) and not out.strip():
+        from ..validate import ConfigError
+        raise ConfigError(f"--out {out!r} names no folder; give the folder to write to (e.g. --out "
+                          f"runs/{args.command}), or leave --out out for the default")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or os.environ.get("CONVATTN_DEBUG", "") not in ("", "0")
     try:
+        _check_out(args)
         return args.func(args)
     except _expected_errors() as e:
         if debug:

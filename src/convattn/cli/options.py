@@ -26,7 +26,11 @@ def json_dict(s: str) -> dict[str, Any]:
 
 def int_list(s: str) -> list[int]:
     """argparse type: comma-separated integers."""
-    return [int(p) for p in s.split(",") if p.strip()]
+    try:
+        return [int(p) for p in s.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers such as 3 or 0,5,7, got {s!r}") \
+            from None
 
 
 def _base_type(hint: Any) -> Any:

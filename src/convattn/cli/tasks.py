@@ -74,6 +74,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_SEEDS = 1000  # runs per arm of one study
+MAX_SEED = 2**32 - 1  # NumPy's seed range (torch and Python take more)
+
+
 def _seed_list(seeds: list[int]) -> list[int]:
     """``--seeds``: one number is a count (3 -> 0, 1, 2), several are the seeds themselves."""
     if not seeds:
@@ -81,9 +85,15 @@ def _seed_list(seeds: list[int]) -> list[int]:
     if len(seeds) == 1:
         if seeds[0] < 1:
             raise ValueError(f"--seeds {seeds[0]}: a seed count must be >= 1 (give a list such as 0,1 for seed 0)")
+        if seeds[0] > MAX_SEEDS:
+            raise ValueError(f"--seeds {seeds[0]}: a seed count must be <= {MAX_SEEDS} (each seed trains every arm "
+                             "once)")
         return list(range(seeds[0]))
-    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds {','.join(map(str, seeds))}: seeds must be distinct integers >= 0")
+    if min(seeds) < 0 or max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds {','.join(map(str, seeds))}: seeds must be distinct integers >= 0 and "
+                         f"<= {MAX_SEED}")
+    if len(seeds) > MAX_SEEDS:
+        raise ValueError(f"--seeds: {len(seeds)} seeds given; at most {MAX_SEEDS}")
     return list(seeds)
 
 
@@ -107,9 +117,15 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _compare_config(args: argparse.Namespace, seeds: list[int]):
+    import math
+    from pathlib import Path
+
     from ..models import DEFAULT_VARIANTS
     from ..study.classification import DEFAULT_STUDY, CompareConfig
     from ..validate import ConfigError
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):
+        raise ConfigError(f"time_budget (--time-budget) must be a number >= 0 (minutes > 0, or 0 for no budget), "
+                          f"got {args.time_budget!r}")
     default_study = args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"]
     train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
         if default_study else {}
@@ -117,8 +133,10 @@ def _compare_config(args: argparse.Namespace, seeds: list[int]):
     train.update(given)
     sizes = tuple(k for k in ("train_size", "epochs") if k not in given)  # what a time budget may size
     budget = args.time_budget
-    if budget is None:  # the default study is budgeted unless its whole size (images and epochs) is given
-        budget = DEFAULT_STUDY["time_budget_min"] if default_study and sizes else 0.0
+    if budget is None:  # the default study is budgeted unless its whole size (images and epochs) is given; a study
+        # already in --out keeps the recipe it started with (sized or not), so no default budget is implied then
+        started = (Path(args.out) / "study.json").exists()
+        budget = DEFAULT_STUDY["time_budget_min"] if default_study and sizes and not started else 0.0
     if budget < 0:
         raise ConfigError(f"--time-budget {budget:g}: give minutes > 0, or 0 for no budget")
     if budget and not sizes:

@@ -5,6 +5,18 @@ The model's cfg gives the input size, crop, interpolation and normalisation it w
 the images say what they are. Images smaller than the model's input are used at their own size (28 x 28 digits
 are not upscaled to 224), grey images are read as one channel, and a network trained from scratch is normalised
 with the images' own statistics. Loading pretrained weights keeps the model's normalisation and three channels.
+
+What counts as a class (our choice, unlike torchvision's ``find_classes``, which takes every sub-folder): every
+sub-folder of ``train/`` and ``val/`` whose name does not start with ``.``; hidden folders (``.ipynb_checkpoints``,
+``.git``, ...) are skipped, as are hidden folders inside a class folder. A class folder without an image file
+(empty, or only a README) is refused with its path, as torchvision's ``make_dataset`` refuses it. Images smaller
+than :data:`MIN_SIDE` pixels are refused unless ``--image-size`` upscales them.
+
+Grey or colour is never decided silently from a sample alone: when every sampled image is grey, the mode of every
+other image of ``train/`` and ``val/`` is read from its header (PIL opens headers lazily, without decoding the
+pixels); one colour image makes the folder a colour (three-channel) data set, and the data config says which file
+decided it. Images are then converted explicitly to the decided mode when loaded (``convert("L")`` or
+``convert("RGB")``, 16-bit grey scaled by its depth).
 """
 from __future__ import annotations
 
@@ -19,6 +31,7 @@ import numpy as np
 __all__ = ["FolderSurvey", "FolderDataConfig", "survey_folder", "resolve_folder_data_config", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # at or below this side, augment as for CIFAR (pad + random crop + flip), not RandomResizedCrop
+MIN_SIDE = 8  # smallest input side (as --image-size): smaller images train into NaN losses, not into a model
 _GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -33,6 +46,7 @@ class FolderSurvey:
         grey: Every sampled image is single-channel.
         mean, std: Per-channel statistics of the sampled images (0..1 scale; one value for grey).
         sampled: How many images the properties come from.
+        colour_file: When the sample was grey but another image is colour: that image (the folder is colour).
     """
 
     root: str
@@ -44,6 +58,7 @@ class FolderSurvey:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     sampled: int
+    colour_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,21 +80,57 @@ class FolderDataConfig:
     def summary(self) -> str:
         c, h, w = self.input_size
         aug = f"pad {self.pad} + random crop + flip" if self.augment == "pad_crop" else "RandomResizedCrop + flip"
+        chans = f", channels: {self.source['channels']}" if self.source.get("channels") else ""
         return (f"input {c}x{h}x{w} ({self.source.get('input_size', '')}), crop_pct {self.crop_pct}, "
                 f"{self.interpolation}, mean/std {_fmt(self.mean)}/{_fmt(self.std)} ({self.source.get('mean', '')}), "
-                f"train augmentation: {aug}")
+                f"train augmentation: {aug}{chans}")
 
 
 def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
 
 
+def class_folders(split: str | os.PathLike) -> list[str]:
+    """The class folder names of an ImageFolder split, sorted: every sub-folder whose name does not start with ``.``
+    (torchvision's ``find_classes`` would make ``.ipynb_checkpoints`` a class; we skip hidden folders)."""
+    return sorted(d.name for d in Path(split).iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def no_images_error(folder: str | os.PathLike, exts: tuple[str, ...]) -> FileNotFoundError:
+    """The refusal of a class folder without an image file, naming it and what it holds instead."""
+    folder = Path(folder)
+    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:3] if folder.is_dir() else []
+    held = f"it holds only {', '.join(others)}" if others else "it is empty"
+    return FileNotFoundError(f"class folder {folder} has no image file ({', '.join(exts)}); {held}: add its images or "
+                             "remove the folder (folders named .* are skipped)")
+
+
 def _image_files(split: Path) -> list[Path]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     from .loaders import class_files
-    return [Path(f) for cls in sorted(d.name for d in split.iterdir() if d.is_dir())
-            for f in class_files(str(split / cls), tuple(IMG_EXTENSIONS))]
+    exts = tuple(IMG_EXTENSIONS)
+    files = []
+    for cls in class_folders(split):
+        found = class_files(str(split / cls), exts)
+        if not found:
+            raise no_images_error(split / cls, exts)
+        files += [Path(f) for f in found]
+    return files
+
+
+def _first_colour(files: list[Path]) -> Path | None:
+    """The first of ``files`` whose header says colour (headers only: no pixels are decoded); None if all are grey.
+    Unreadable files are left to the loader, which names them."""
+    from PIL import Image
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                if img.mode not in _GREY_MODES:
+                    return p
+        except Exception:  # noqa: BLE001 - reported by name when the loader reads it
+            continue
+    return None
 
 
 @functools.lru_cache(maxsize=8)
@@ -108,18 +159,26 @@ def _survey(root: str, mtime: float, sample: int) -> FolderSurvey:
             sums[m] += a.sum(0)
             sq[m] += (a * a).sum(0)
         count += img.height * img.width
+    val_files = _image_files(val)
+    colour = None
+    if grey:  # a sample of grey images decides nothing alone: every other header is read (cheap, no decoding)
+        picked = set(picks)
+        colour = _first_colour([f for f in files if f not in picked] + val_files)
+        grey = colour is None
     mode = "L" if grey else "RGB"
     mean = sums[mode] / count
     std = np.sqrt(np.maximum(sq[mode] / count - mean * mean, 1e-12))
     h, w = np.median(np.asarray(sizes), axis=0).astype(int)
-    classes = tuple(sorted(d.name for d in train.iterdir() if d.is_dir()))
-    return FolderSurvey(root, len(files), len(_image_files(val)), classes, (int(h), int(w)), grey,
-                        tuple(float(x) for x in mean), tuple(float(x) for x in std), len(picks))
+    classes = tuple(class_folders(train))
+    return FolderSurvey(root, len(files), len(val_files), classes, (int(h), int(w)), grey,
+                        tuple(float(x) for x in mean), tuple(float(x) for x in std), len(picks),
+                        str(colour) if colour else "")
 
 
 def survey_folder(root: str | os.PathLike, sample: int = 256) -> FolderSurvey:
     """Count the images of ``root/train`` and ``root/val`` and read ``sample`` training images spread over the
-    sorted file list (sizes, channels, statistics). Cached per folder while it is unchanged."""
+    sorted file list (sizes, channels, statistics); when they are all grey, the header of every other image is
+    checked for colour. Cached per folder while it is unchanged."""
     root = str(Path(root))
     train = Path(root) / "train"
     mtime = train.stat().st_mtime if train.is_dir() else 0.0
@@ -138,6 +197,10 @@ def resolve_folder_data_config(survey: FolderSurvey, model_cfg: dict[str, Any], 
     src: dict[str, str] = {}
     model_side = int(model_cfg["input_size"][-1])
     image_side = min(survey.size)
+    if image_size is None and image_side < MIN_SIDE:
+        raise ValueError(f"the images of {survey.root}/train are {survey.size[0]}x{survey.size[1]} pixels (median of "
+                         f"{survey.sampled}), too small for the models: at least {MIN_SIDE}x{MIN_SIDE}; use larger "
+                         f"images, or give --image-size {MIN_SIDE} or more to upscale them")
     if image_size is not None:
         side, src["input_size"] = int(image_size), "--image-size"
         crop = float(model_cfg.get("crop_pct", 0.875)) if side < image_side else 1.0
@@ -157,7 +220,9 @@ def resolve_folder_data_config(survey: FolderSurvey, model_cfg: dict[str, Any], 
             mean, std = mean * 3, std * 3
         src["mean"] = f"{survey.sampled} training images"
     chans = 1 if grey else 3
-    src["channels"] = "grey images" if grey else ("pretrained weights" if survey.grey else "colour images")
+    src["channels"] = "grey images" if grey else ("pretrained weights" if survey.grey else
+                                                  f"colour image {survey.colour_file} among grey ones"
+                                                  if survey.colour_file else "colour images")
     small = side <= SMALL_IMAGE
     return FolderDataConfig((chans, side, side), tuple(mean), tuple(std), crop,
                             str(model_cfg.get("interpolation", "bilinear")),

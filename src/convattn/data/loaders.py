@@ -158,7 +158,7 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
 
 def _walk_once(root: str) -> list[tuple[str, list[str]]]:
     """(folder, files) under ``root``, following folder links but visiting each real folder once (a link loop
-    would otherwise list the same images again at every level)."""
+    would otherwise list the same images again at every level); hidden sub-folders (``.*``) are skipped."""
     seen: set[str] = set()
     out = []
     for folder, dirs, files in os.walk(root, followlinks=True):
@@ -167,7 +167,7 @@ def _walk_once(root: str) -> list[tuple[str, list[str]]]:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .ipynb_checkpoints etc. hold no class images
         out.append((folder, sorted(files)))
     return out
 
@@ -185,14 +185,26 @@ class _CheckedImageFolder:
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
+        from .folder import class_folders, no_images_error
+
         class _Folder(ImageFolder):
+            @staticmethod
+            def find_classes(directory):  # hidden folders (.ipynb_checkpoints) are not classes: see data.folder
+                classes = class_folders(directory)
+                if not classes:
+                    raise FileNotFoundError(f"no class folder in {directory}")
+                return classes, {c: i for i, c in enumerate(classes)}
+
             @staticmethod
             def make_dataset(directory, class_to_idx, extensions=None, is_valid_file=None, allow_empty=False):
                 exts = tuple(extensions or IMG_EXTENSIONS)
                 samples = []
                 for name in sorted(class_to_idx):
-                    samples += [(f, class_to_idx[name]) for f in class_files(os.path.join(directory, name), exts)
-                                if is_valid_file is None or is_valid_file(f)]
+                    found = [(f, class_to_idx[name]) for f in class_files(os.path.join(directory, name), exts)
+                             if is_valid_file is None or is_valid_file(f)]
+                    if not found and not allow_empty:  # a class without images: refused by name, as torchvision
+                        raise no_images_error(os.path.join(directory, name), exts)
+                    samples += found
                 if not samples and not allow_empty:
                     raise FileNotFoundError(f"no image files ({', '.join(exts)}) under {directory}")
                 return samples

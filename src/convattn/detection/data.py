@@ -135,15 +135,33 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _inside(root: Path, name: Any, ann_file: Path, allow_outside: bool) -> Path:
-    """``root / name``, refused when ``name`` is not a relative path that stays inside ``root``."""
+def _inside(root: Path, name: Any, ann_file: Path, allow_outside: bool, what: str = "file_name",
+            suffix: str = "", folder: str = "the image folder") -> Path:
+    """``root / (name + suffix)``, refused when ``name`` is not a relative path that stays inside ``root``.
+
+    Every path built from what a data file says (COCO ``file_name``, VOC ``<filename>``, the ids listed in
+    ``ImageSets/Main/<split>.txt``) goes through here; ``what`` names the field in the message."""
     if not isinstance(name, str) or not name:
-        raise AnnotationError(f"{ann_file}: file_name must be a non-empty string, got {name!r}")
-    path = root / name
+        raise AnnotationError(f"{ann_file}: {what} must be a non-empty string, got {name!r}")
+    path = root / (name + suffix)
     if not allow_outside and (Path(name).is_absolute() or not path.resolve().is_relative_to(root.resolve())):
-        raise AnnotationError(f"{ann_file}: file_name {name!r} points outside the image folder {root} (pass "
-                              "allow_outside=True to read images elsewhere)")
+        raise AnnotationError(f"{ann_file}: {what} {name!r} points outside {folder} {root} (pass allow_outside=True "
+                              "to read files elsewhere)")
     return path
+
+
+def _voc_size(path: Path, tree: ET.Element, field: str) -> int:
+    """``<size>/<width|height>`` of a VOC file as a whole number (0 when absent); anything else names file and field."""
+    text = tree.findtext(f"size/{field}")
+    if text is None or not text.strip():
+        return 0
+    try:
+        v = float(text)
+    except ValueError:
+        raise AnnotationError(f"{path}: <size><{field}> must be a whole number of pixels, got {text.strip()!r}") from None
+    if not math.isfinite(v) or v < 0 or v != int(v):
+        raise AnnotationError(f"{path}: <size><{field}> must be a whole number of pixels >= 0, got {text.strip()!r}")
+    return int(v)
 
 
 def _validate_coco(d: Any, ann_file: Path, img_dir: Path, allow_outside: bool = False) -> None:
@@ -251,15 +269,24 @@ class VocDetection(torch.utils.data.Dataset):
     """Pascal-VOC folders: ``Annotations/*.xml`` and ``JPEGImages/``; class names from ``classes`` or the files."""
 
     def __init__(self, root: str | os.PathLike, classes: list[str] | None = None,
-                 image_set: str | None = None) -> None:
+                 image_set: str | None = None, allow_outside: bool = False) -> None:
         self.root = Path(root)
+        self.allow_outside = allow_outside
         ann_dir = self.root / "Annotations"
         if not ann_dir.is_dir():
             raise FileNotFoundError(f"{ann_dir} not found: expected a VOC folder with Annotations/ and JPEGImages/")
-        names = sorted(p.stem for p in ann_dir.glob("*.xml"))
         if image_set:
-            names = (self.root / "ImageSets" / "Main" / f"{image_set}.txt").read_text().split()
-        self.items = [self._parse(ann_dir / f"{n}.xml") for n in names]
+            sets = self.root / "ImageSets" / "Main"
+            list_file = _inside(sets, image_set, self.root, False, "image set", ".txt", "the image-set folder")
+            if not list_file.is_file():
+                raise FileNotFoundError(f"{list_file} not found: expected the ids of the {image_set!r} split there")
+            names = list_file.read_text().split()
+            # every id names a file inside Annotations/ (an id such as ../../x would read an XML file elsewhere)
+            paths = [_inside(ann_dir, n, list_file, allow_outside, "id", ".xml", "the annotation folder")
+                     for n in names]
+        else:
+            paths = sorted(ann_dir.glob("*.xml"))
+        self.items = [self._parse(p) for p in paths]
         found = sorted({o[0] for it in self.items for o in it["objects"]})
         self.classes = list(classes) if classes else found
         unknown = sorted(set(found) - set(self.classes))
@@ -274,10 +301,10 @@ class VocDetection(torch.utils.data.Dataset):
         fname = tree.findtext("filename")
         if not fname:
             raise AnnotationError(f"{path}: missing <filename>")
-        img = _inside(self.root / "JPEGImages", fname, path, False)
+        img = _inside(self.root / "JPEGImages", fname, path, self.allow_outside, "<filename>")
         if not img.is_file():
             raise AnnotationError(f"{path}: image {img} not found")
-        w, h = (int(tree.findtext("size/width") or 0), int(tree.findtext("size/height") or 0))
+        w, h = _voc_size(path, tree, "width"), _voc_size(path, tree, "height")
         objs = []
         for k, o in enumerate(tree.findall("object")):
             name, bb = o.findtext("name"), o.find("bndbox")
@@ -293,7 +320,10 @@ class VocDetection(torch.utils.data.Dataset):
                 raise AnnotationError(f"{path}: object {k} ({name}) has a zero-area box {[x1, y1, x2, y2]}")
             if w and h and (x1 < 0 or y1 < 0 or x2 > w + 1 or y2 > h + 1):
                 raise AnnotationError(f"{path}: object {k} ({name}) box {[x1, y1, x2, y2]} lies outside the {w}x{h} image")
-            objs.append((name, [x1, y1, x2, y2], int(o.findtext("difficult") or 0)))
+            difficult = (o.findtext("difficult") or "0").strip()
+            if difficult not in ("0", "1"):
+                raise AnnotationError(f"{path}: object {k} ({name}) <difficult> must be 0 or 1, got {difficult!r}")
+            objs.append((name, [x1, y1, x2, y2], int(difficult)))
         return dict(image=img, objects=objs, size=(w, h) if w and h else None)
 
     @property

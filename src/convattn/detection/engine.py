@@ -68,7 +68,8 @@ class DetectConfig:
     conv_kwargs: dict[str, Any] = option(help="AWConv2d options as JSON, e.g. '{\"mode\": \"out\"}'", factory=dict)
     attn_kwargs: dict[str, Any] = option(help="attention module options as JSON, e.g. '{\"d\": 16}'", factory=dict)
     init_from: str | None = option(None, "convattn classification checkpoint (folder or .safetensors) for the backbone")
-    allow_outside_paths: bool = option(False, "let COCO file_name entries point outside the image folder")
+    allow_outside_paths: bool = option(False, "let COCO file_name entries and VOC <filename>s and ids point outside "
+                                       "their folder")
     train_size: int | None = option(None, "first N training images")
     val_size: int | None = option(None, "first N validation images")
     amp: str = option("none", "autocast", ["none", "bf16", "fp16"])
@@ -97,6 +98,8 @@ def resolve(cfg: DetectConfig) -> DetectConfig:
     if d["amp"] not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
     check_values(d, _RANGES)
+    if not str(d["out"]).strip():  # Path("") is the current folder
+        raise ConfigError(f"out (--out) {d['out']!r} names no folder; give the run folder to write to")
     if d["max_size"] < d["min_size"]:
         raise ConfigError(f"max_size (--max-size) must be >= min_size ({d['min_size']}), got {d['max_size']}")
     ms = d["milestones"] or []
@@ -126,8 +129,9 @@ def build_datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.u
             raise FileNotFoundError("--data voc needs --data-dir with Annotations/, JPEGImages/ and ImageSets/Main/")
         if masks:
             raise ValueError("Pascal-VOC XML has no instance masks: use fasterrcnn or retinanet, or COCO-format data")
-        train = VocDetection(cfg.data_dir, image_set="train")
-        return train, VocDetection(cfg.data_dir, classes=train.classes, image_set="val")
+        train = VocDetection(cfg.data_dir, image_set="train", allow_outside=cfg.allow_outside_paths)
+        return train, VocDetection(cfg.data_dir, classes=train.classes, image_set="val",
+                                   allow_outside=cfg.allow_outside_paths)
     root = embedded_detection_root() if cfg.data == "embedded" else Path(cfg.data_dir or "")
     if cfg.data == "coco" and cfg.data_dir is None:
         raise FileNotFoundError("--data coco needs --data-dir with train/, val/ and annotations/instances_{train,val}.json")

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
+import stat
 import tempfile
 from dataclasses import fields
 from pathlib import Path
@@ -25,7 +27,8 @@ from torch import nn
 from ..report import atomic_write_text
 
 __all__ = ["save_checkpoint", "load_checkpoint", "latest_checkpoint", "load_weights", "CheckpointError", "run_lock",
-           "RunInUseError", "read_run_config", "load_run_weights"]
+           "RunInUseError", "RunLockError", "read_run_config", "load_run_weights",
+           "clean_stale_temporaries"]
 
 
 class CheckpointError(ValueError):
@@ -115,11 +118,24 @@ def read_run_config(run_dir: str | os.PathLike, config_cls: type, command: str) 
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"{cfg_path} not found: --run must be a folder written by `{command}`")
-    saved = json.loads(cfg_path.read_text())
+    saved = _read_json_object(cfg_path, command)
     known = {f.name for f in fields(config_cls)}
     data_path = run_dir / "data.json"
     return config_cls(**{k: v for k, v in saved.items() if k in known}), \
-        (json.loads(data_path.read_text()) if data_path.exists() else None)
+        (_read_json_object(data_path, command) if data_path.exists() else None)
+
+
+def _read_json_object(path: Path, command: str) -> dict[str, Any]:
+    """A JSON object file of a run folder; a corrupt one is a :class:`CheckpointError` naming the file."""
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt (not valid JSON: {e}); restore it, or rerun `{command}` into a "
+                              "new folder") from None
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{path} is corrupt: expected a JSON object of settings, got {type(d).__name__}; "
+                              f"restore it, or rerun `{command}` into a new folder")
+    return d
 
 
 def load_run_weights(run_dir: str | os.PathLike, model: nn.Module, checkpoint: str | os.PathLike | None = None,
@@ -154,10 +170,61 @@ class RunInUseError(OSError):
     """Another process is writing to the same run folder."""
 
 
+class RunLockError(ValueError):
+    """A run folder's ``.lock`` that is not a regular file of its own (a link to a file elsewhere)."""
+
+
+# the names save_checkpoint gives its temporary folders (tempfile.mkdtemp(prefix=".epoch_NNNN.", suffix=".tmp"))
+_TMP_CHECKPOINT = re.compile(r"^\.epoch_\d{4,}\.[A-Za-z0-9_]+\.tmp$")
+
+
+def clean_stale_temporaries(ckpt_root: str | os.PathLike) -> list[str]:
+    """Remove the temporary checkpoint folders a writer killed mid-save left in ``ckpt_root``; returns their names.
+
+    Only folders named as :func:`save_checkpoint` names its temporaries (``.epoch_NNNN.<random>.tmp``) are removed,
+    never a link or a file, and only by the owner of the run lock (:func:`run_lock` calls it once the lock is held),
+    so a temporary another live writer is filling cannot be taken from under it."""
+    root = Path(ckpt_root)
+    if not root.is_dir() or root.is_symlink():
+        return []
+    removed = []
+    for p in sorted(root.iterdir()):
+        if _TMP_CHECKPOINT.match(p.name) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p.name)
+    return removed
+
+
+def _open_lock(path: Path) -> Any:
+    """The lock file opened for reading and writing without following a link at ``path`` (a ``.lock`` linked to a
+    file elsewhere would otherwise be truncated) and refused unless it is a regular file with no other name."""
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) \
+        | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            raise RunLockError(f"{path} is a symbolic link (to {os.readlink(path)}); a run's lock must be a regular "
+                               "file inside the run folder: remove the link (convattn never follows it)") from None
+        raise
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+        os.close(fd)
+        what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"a hard link ({st.st_nlink} names)"
+        raise RunLockError(f"{path} is {what}; a run's lock must be a regular file of its own inside the run folder: "
+                           "remove it (convattn never writes through it)")
+    return os.fdopen(fd, "r+", encoding="utf-8")
+
+
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     """Own ``run_dir`` while a run writes to it: an exclusive ``flock`` on ``run_dir/.lock`` (released by the OS
-    when the process ends, so a killed run leaves no stale lock). A second writer is refused with the owner's pid."""
+    when the process ends, so a killed run leaves no stale lock). A second writer is refused with the owner's pid.
+
+    The lock is opened without following links (``O_NOFOLLOW``) and must be a regular file with one name: a
+    ``.lock`` that is a symbolic or hard link to a file elsewhere is refused, never truncated. Once the lock is
+    held, temporary checkpoint folders a killed writer left in ``run_dir/checkpoints`` are removed
+    (:func:`clean_stale_temporaries`)."""
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     try:
@@ -165,7 +232,7 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     except ImportError:  # pragma: no cover - no flock on this platform: run unguarded
         yield
         return
-    f = open(root / ".lock", "a+", encoding="utf-8")
+    f = _open_lock(root / ".lock")
     try:
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -177,6 +244,7 @@ def run_lock(run_dir: str | os.PathLike) -> Iterator[None]:
         f.truncate()
         f.write(f"pid {os.getpid()} on {socket.gethostname()}")
         f.flush()
+        clean_stale_temporaries(root / "checkpoints")
         yield
     finally:
         f.close()  # closing releases the lock

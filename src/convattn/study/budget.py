@@ -125,14 +125,28 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
                size_train: bool, size_epochs: bool, latency_batch: int = 64) -> dict[str, int]:
     """The training images and epochs of a budgeted study: read back from ``out`` when the study was sized
     before (a resumed study keeps its recipe), else measured here, printed and written to ``out/budget.json``."""
+    from ..validate import check_value
+    check_value("time_budget", budget_min, lo=0)  # minutes (0: none); NaN, inf and < 0 are refused
     path = out / BUDGET_FILE
     if path.exists():
         stored = json.loads(path.read_text())
         print(f"time budget: {stored['budget_min']:g} min, recipe sized when the study started: "
               f"{stored['train_size']:,} training images x {stored['epochs']} epochs")
+        if budget_min and budget_min != stored["budget_min"]:
+            print(f"time budget: the {budget_min:g} min given now is ignored: {out} was sized to "
+                  f"{stored['budget_min']:g} min when the study started and keeps that recipe (use a new --out to "
+                  f"size a study to {budget_min:g} min)")
         return {"train_size": stored["train_size"], "epochs": stored["epochs"]}
     if (out / "study.json").exists():  # a study started without a budget keeps its own recipe
-        return {}
+        recipe = json.loads((out / "study.json").read_text()).get("recipe", {})
+        kept = {k: recipe[k] for k in ("train_size", "epochs") if k in recipe}
+        if budget_min:
+            n = "the whole training set" if kept.get("train_size") is None else \
+                f"{kept['train_size']:,} training images"
+            print(f"time budget: the {budget_min:g} min given now is ignored: {out} holds a study started without a "
+                  f"time budget ({n} x {kept.get('epochs')} epochs per run), which keeps that recipe (use a new "
+                  f"--out for a budgeted study)")
+        return kept
     t0 = time.perf_counter()
     full = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     costs = measure_costs(base, variants, data=full)

@@ -177,6 +177,8 @@ _RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
 def _check_ranges(d: dict[str, Any]) -> None:
     """Refuse out-of-range values with one line each (never substitute a default)."""
     check_values(d, _RANGES)
+    if not str(d["out"]).strip():  # Path("") is the current folder
+        raise ConfigError(f"out (--out) {d['out']!r} names no folder; give the run folder to write to")
     given_milestones = d.pop("_given_milestones")
     if d["warmup_epochs"] > d["epochs"]:
         raise ConfigError(f"warmup_epochs (--warmup-epochs) must be <= epochs ({d['epochs']}), got {d['warmup_epochs']}")
@@ -454,6 +456,16 @@ def recalibrate_bn(model: nn.Module, batches_iter: Any, batches: int, device: to
     return used
 
 
+def _check_same_classes(run_dir: Path, run_info: dict[str, Any], classes: Any, where: Any) -> None:
+    """Refuse evaluation data whose classes are not the run's (the logits would be read as other classes)."""
+    want, got = list(run_info.get("classes") or []), list(classes)
+    if want and want != got:
+        def show(c: list[str]) -> str:
+            return f"{len(c)} [{', '.join(map(str, c[:8]))}{', ...' if len(c) > 8 else ''}]"
+        raise ValueError(f"class mismatch: {where} has the classes {show(got)}, but the run {run_dir} was trained on "
+                         f"{show(want)}; evaluate it on data with the same class folders")
+
+
 def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: str | None = None,
                  checkpoint: str | None = None, use_ema: bool = False, batch_size: int | None = None,
                  device: str = "auto", recalibrate_bn_batches: int = 0) -> dict[str, Any]:
@@ -463,13 +475,20 @@ def evaluate_run(run_dir: str | os.PathLike, data: str | None = None, data_dir: 
     (see ``recalibrate_bn``) and writes ``eval_precise_bn.json`` instead of ``eval.json``.
     """
     run_dir = Path(run_dir)
-    cfg, _, model = load_run(run_dir, checkpoint, use_ema)
+    cfg, run_info, model = load_run(run_dir, checkpoint, use_ema)
     if data:
         cfg.data, cfg.data_dir = data, data_dir
     info = init_distributed(device)
     batch_size = batch_size or cfg.eval_batch_size or cfg.batch_size or 256  # default: the batch used in training
+    train_batch = batch_size  # the training images serve only --recalibrate-bn (and a folder's statistics)
+    if resolve_name(cfg.data) == "folder" and cfg.data_dir:  # the classes first: they decide whether it can be run
+        from ..data import survey_folder
+        survey = survey_folder(cfg.data_dir)
+        _check_same_classes(run_dir, run_info, survey.classes, cfg.data_dir)
+        train_batch = min(batch_size, survey.num_train)
     # same train_size: the normalisation statistics come from the training images
-    bundle = data_for(cfg, batch_size, batch_size)
+    bundle = data_for(cfg, train_batch, batch_size)
+    _check_same_classes(run_dir, run_info, bundle.classes, bundle.name)
     model = model.to(info.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
