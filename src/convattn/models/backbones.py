@@ -18,7 +18,8 @@ from torch import nn
 from .attach import attach
 from .helpers import LoadReport, load_pretrained
 
-__all__ = ["VERIFIED_BACKBONES", "BACKBONE_LIBRARIES", "is_backbone_name", "create_backbone", "load_state_file"]
+__all__ = ["VERIFIED_BACKBONES", "BACKBONE_LIBRARIES", "is_backbone_name", "create_backbone", "load_state_file",
+           "load_weights_file"]
 
 BACKBONE_LIBRARIES = ("timm", "torchvision")
 
@@ -36,13 +37,22 @@ def is_backbone_name(name: str) -> bool:
 
 
 def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a ``torch.save`` file (loaded with ``weights_only=True``)."""
+    """A state dict from ``.safetensors`` or a ``torch.save`` file (loaded with ``weights_only=True``); a file that
+    cannot be read as its suffix says is a one-line ValueError naming it."""
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"pretrained weights path {p} is a directory; a weights file is expected (a .pth/.pt state "
+                         "dict or .safetensors, e.g. <run>/checkpoints/epoch_N/model.safetensors)")
     if not p.is_file():
         raise FileNotFoundError(f"pretrained weights file {p} does not exist")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
-        return load_file(str(p))
+        try:
+            return load_file(str(p))
+        except Exception as e:  # noqa: BLE001 - SafetensorError (a pickle, a truncated file) and the like
+            text = " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"cannot read weights from {p} as safetensors ({type(e).__name__}: {text}); is it "
+                             "a complete .safetensors file (a torch.save file must not be named .safetensors)?") from None
     try:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
@@ -78,6 +88,37 @@ def _set_input_channels(model: nn.Module, in_chans: int) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
+# class count a torchvision network is built with for ``num_classes=0`` before its classifier is removed (prime: no
+# hidden layer of a torchvision network has this width, so the classifier is found by its output count)
+_FEATURES_BUILD_CLASSES = 1009
+
+
+def _torchvision_heads(model: nn.Module, num_classes: int) -> list[tuple[str, nn.Module]]:
+    """The classifier of a torchvision network built for ``num_classes``: the last ``nn.Linear`` (or 1 x 1
+    ``nn.Conv2d``: SqueezeNet) with ``num_classes`` outputs, and the auxiliary classifiers (GoogLeNet, Inception)."""
+    found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_classes]
+    found = found or [(n, m) for n, m in model.named_modules()
+                      if isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1)]
+    if not found:
+        return []
+    return [(n, m) for n, m in found[:-1] if "aux" in n.lower()] + [found[-1]]
+
+
+def _torchvision_without_classifier(model: nn.Module, arch: str) -> None:
+    """``num_classes=0`` as timm means it: the classifier becomes ``nn.Identity``, so the network returns its
+    pooled features (``num_features`` of them, the classifier's input width)."""
+    heads = _torchvision_heads(model, _FEATURES_BUILD_CLASSES)
+    if not heads:
+        raise ValueError(f"torchvision:{arch}: cannot find its classifier to build it with num_classes=0 (pooled "
+                         "features); build it with a class count and replace the classifier yourself")
+    for name, m in heads:
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, nn.Identity())
+    last = heads[-1][1]
+    model.num_features = last.in_features if isinstance(last, nn.Linear) else last.in_channels
+    model.num_classes = 0
+
+
 def _build_plain(lib: str, arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
     if lib == "timm":
         import timm
@@ -91,34 +132,59 @@ def _build_plain(lib: str, arch: str, num_classes: int, in_chans: int, **kwargs:
         near = [n for n in names if arch.split("_")[0] in n][:10]
         raise ValueError(f"Unknown torchvision classification model '{arch}'"
                          + (f"; similar: {', '.join(near)}" if near else ""))
-    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes, **kwargs)
+    model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes or _FEATURES_BUILD_CLASSES,
+                                         **kwargs)
+    model.convattn_classifier = [n for n, _ in _torchvision_heads(model, num_classes or _FEATURES_BUILD_CLASSES)]
+    if num_classes == 0:
+        _torchvision_without_classifier(model, arch)
     _set_input_channels(model, in_chans)
     return model
 
 
-def _load_plain(model: nn.Module, path: str | os.PathLike, in_chans: int) -> LoadReport:
+PARTIAL_OPTION = "pretrained_allow_partial=True (command line: --pretrained-partial)"
+
+
+def load_weights_file(model: nn.Module, path: str | os.PathLike, *, allow_partial: bool = False) -> LoadReport:
+    """Load the state dict in ``path`` into ``model`` (``create_model(..., pretrained_path=...)``): an RGB stem is
+    adapted to the model's input channels as timm does, and the load must be complete for the plain network
+    (see :func:`convattn.models.load_pretrained`) unless ``allow_partial``."""
     sd = load_state_file(path)
-    name, c = _first_conv(model)
+    name, c = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
     key = f"{name}.weight"
-    if key in sd and sd[key].ndim == 4 and sd[key].shape[1] != in_chans:  # e.g. RGB weights, grey images
+    if c is not None and key in sd and sd[key].ndim == 4 and sd[key].shape[1] != c.in_channels:  # RGB file, grey
         from timm.models import adapt_input_conv
-        sd = {**sd, key: adapt_input_conv(in_chans, sd[key].float()).to(sd[key].dtype)}
-    report = load_pretrained(model, sd)
-    if not report.loaded:
-        raise ValueError(f"no tensor of {path} matches the model's names; is it a state dict of this network?\n"
-                         + report.summary())
-    return report
+        sd = {**sd, key: adapt_input_conv(c.in_channels, sd[key].float()).to(sd[key].dtype)}
+    return load_pretrained(model, sd, allow_partial=allow_partial, source=f"weights file {path}",
+                           partial_option=PARTIAL_OPTION)
+
+
+def _not_a_cnn(model: nn.Module) -> str | None:
+    """Why ``model`` is no CNN attach can work on (a vision transformer or MLP network: at most one convolution,
+    the patch embedding), or None."""
+    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) > 1:
+        return None
+    if not convs:
+        return "it has no convolution"
+    n, c = convs[0]
+    k, s = "x".join(map(str, c.kernel_size)), "x".join(map(str, c.stride))
+    what = "the patch embedding" if c.kernel_size == c.stride and max(c.stride) > 1 else "a single layer"
+    return (f"it has no residual convolutional blocks; its only convolution is {what} {n} ({k} kernel, stride {s}), "
+            "as in a vision transformer or MLP network")
 
 
 def create_backbone(name: str, attn: str | None = None, conv: str | None = None, *, num_classes: int = 1000,
                     in_chans: int = 3, attn_kwargs: dict[str, Any] | None = None,
                     conv_kwargs: dict[str, Any] | None = None, attn_blocks: Any = None, identity: bool = False,
-                    pretrained_path: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
+                    pretrained_path: str | os.PathLike | None = None, pretrained_allow_partial: bool = False,
+                    **kwargs: Any) -> nn.Module:
     """Build ``"timm:<arch>"`` / ``"torchvision:<arch>"`` and attach convattn modules (see :func:`attach`).
 
     ``attn_blocks`` is ``attach``'s ``where``; ``pretrained_path`` is a local state dict of the plain network,
     loaded before attaching (the classifier is skipped when its class count differs; an RGB stem is adapted to
-    ``in_chans`` as timm does). Extra keyword arguments go to the library's constructor (e.g. ``drop_rate``).
+    ``in_chans`` as timm does); it must hold every tensor of the plain network unless ``pretrained_allow_partial``.
+    ``num_classes=0``: no classifier, the model returns pooled features (timm's convention, also for torchvision).
+    Extra keyword arguments go to the library's constructor (e.g. ``drop_rate``).
     """
     if not is_backbone_name(name):
         raise ValueError(f"backbone names are 'timm:<name>' or 'torchvision:<name>', got {name!r}")
@@ -126,13 +192,27 @@ def create_backbone(name: str, attn: str | None = None, conv: str | None = None,
     for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
+    if pretrained_allow_partial and not pretrained_path:
+        raise ValueError("pretrained_allow_partial allows a partial load of pretrained_path, but no pretrained_path "
+                         "is given")
     if kwargs.pop("zero_init_last", False):
         raise ValueError("zero_init_last is an option of convattn's own ResNets, not of timm/torchvision backbones")
     model = _build_plain(lib, arch, num_classes, in_chans, **kwargs)
-    report = _load_plain(model, pretrained_path, in_chans) if pretrained_path else None
+    report = load_weights_file(model, pretrained_path, allow_partial=pretrained_allow_partial) \
+        if pretrained_path else None
     if attn or conv:
-        attach(model, attn, conv, where=attn_blocks, identity=identity, attn_kwargs=attn_kwargs,
-               conv_kwargs=conv_kwargs)
+        why = _not_a_cnn(model)
+        if why:
+            raise ValueError(f"{name} is not a CNN convattn can attach to: {why}; attention modules and "
+                             "AW-convolution go into CNNs (e.g. " + ", ".join(VERIFIED_BACKBONES[:3]) + ")")
+        try:
+            attach(model, attn, conv, where=attn_blocks, identity=identity, attn_kwargs=attn_kwargs,
+                   conv_kwargs=conv_kwargs)
+        except ValueError as e:
+            if isinstance(getattr(model, "patch_embed", None), nn.Module):  # timm's transformers and hybrids
+                raise ValueError(f"{name} is not a CNN convattn can attach to (a transformer-like network with a "
+                                 f"patch embedding): {e}") from e
+            raise
     elif attn_kwargs or conv_kwargs:
         raise ValueError("attn_kwargs/conv_kwargs given without attn/conv")
     model.in_chans = in_chans

@@ -1,13 +1,20 @@
-"""Loading weights into convattn models, with a report of what matched."""
+"""Loading weights into convattn models, with a report of what matched.
+
+A load is *complete* when every tensor of the plain network is loaded; the only tensors allowed to stay at their
+initialisation are those ``attach`` added (:func:`added_keys`: attention modules and AW's generator) and a
+classifier head whose class count differs from the file's (:func:`classifier_names`). Anything less is another
+network's weights (a ResNet-50 file shares 97 of 122 names with a ResNet-18) and is refused unless the caller
+asks for a partial load (``allow_partial=True``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_pretrained"]
+__all__ = ["LoadReport", "load_pretrained", "added_keys", "classifier_names"]
 
 
 @dataclass
@@ -29,11 +36,112 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False) -> LoadReport:
+def added_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``model`` that convattn added, i.e. that the plain network does not have: every
+    tensor under the ``attn`` child that ``attach`` gave a module (its attached classes, so a network's own ``attn``
+    submodules, e.g. a ViT's, are not counted) or of a convattn attention module (``AttentionModule``: SE, CBAM,
+    ECA, GCT, STEAM, ...), and every tensor of an AW-convolution but the ``weight`` and ``bias`` of the convolution
+    it replaced (its generator ``pw1``/``pw2``). Read off the modules, so it also holds for a submodule of an
+    attached network (e.g. a detector's backbone body)."""
+    from ..layers import AttentionModule, AWConv2d
+    from .attach import _AttnThen, _ThenAttn
+    prefixes, kept = [], set()
+    for name, m in model.named_modules():
+        pre = f"{name}." if name else ""
+        if isinstance(m, (_ThenAttn, _AttnThen)):
+            prefixes.append(f"{pre}attn.")
+        if isinstance(m, AttentionModule):  # AWConv2d is one too: its own weight and bias are the plain conv's
+            prefixes.append(pre)
+            if isinstance(m, AWConv2d):
+                kept |= {f"{pre}weight", f"{pre}bias"}
+    return {k for k in model.state_dict() if k not in kept and any(k.startswith(p) for p in prefixes)}
+
+
+def classifier_names(model: nn.Module) -> list[str]:
+    """Module names of ``model``'s classifier head (an ``nn.Identity`` when built with ``num_classes=0``): the
+    names ``create_backbone`` recorded for torchvision networks (``convattn_classifier``), else timm's
+    ``pretrained_cfg["classifier"]``, else the module ``get_classifier()`` returns, else the last ``nn.Linear``
+    outside attached modules; [] when the model has none of these (e.g. a feature extractor)."""
+    modules = dict(model.named_modules())
+    declared = getattr(model, "convattn_classifier", None)
+    if declared is None:
+        cfg = getattr(model, "pretrained_cfg", None)
+        declared = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if declared:
+        names = [declared] if isinstance(declared, str) else list(declared)
+        names = [n for n in names if n in modules]
+        if names:
+            return names
+    if callable(getattr(model, "get_classifier", None)):
+        try:
+            head = model.get_classifier()
+        except Exception:  # noqa: BLE001 - a get_classifier of another convention: fall back to the last Linear
+            head = None
+        name = next((n for n, m in modules.items() if n and m is head), None)
+        if name:
+            return [name]
+    inside = {k.rsplit(".", 1)[0] for k in added_keys(model)}  # modules holding added tensors (an SE's Linear)
+    linears = [n for n, m in modules.items() if n and isinstance(m, nn.Linear) and n not in inside]
+    return linears[-1:]
+
+
+def _shown(keys: Iterable[str], n: int = 4) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def _attention_of(model: nn.Module, modules: dict[str, nn.Module], key: str) -> bool:
+    """``key`` of a file is a tensor convattn would have added to a module ``model`` has (an attention ``attn``
+    under a module whose ``attn`` is absent, an ``nn.Identity`` or convattn's, or AW's generator of a convolution):
+    a file of an attached network loaded into the plain one, or into one with another attention."""
+    from ..layers import AttentionModule
+    from .attach import _AttnThen, _ThenAttn
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        owner = modules.get(".".join(parts[:i]))
+        if owner is None:
+            return False
+        if part == "attn" and (isinstance(owner, (_ThenAttn, _AttnThen))
+                               or isinstance(getattr(owner, "attn", None), (type(None), nn.Identity, AttentionModule))):
+            return True
+        if part in ("pw1", "pw2") and isinstance(owner, nn.Conv2d):
+            return True
+    return False
+
+
+def _partial(model: nn.Module, own: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor],
+             loaded: set[str]) -> tuple[list[str], list[str]]:
+    """(tensors of the plain network that would not be loaded, tensors of the file that would not be used), each
+    without what a complete load may leave out: tensors ``attach`` added, the head when its class count differs
+    (or the model has none: ``num_classes=0``), and BatchNorm's ``num_batches_tracked`` counters."""
+    added = added_keys(model)
+    heads = tuple(f"{n}." for n in classifier_names(model))
+    modules = dict(model.named_modules())
+
+    def counter(k: str) -> bool:
+        return k.rsplit(".", 1)[-1] == "num_batches_tracked"
+
+    def in_head(k: str) -> bool:
+        return bool(heads) and k.startswith(heads)
+
+    not_loaded = [k for k in own if k not in loaded and k not in added and not counter(k)
+                  and not (in_head(k) and k in state_dict)]  # a head of another shape; a head absent is partial
+    unused = [k for k in state_dict if k not in loaded and k not in added and not counter(k) and not in_head(k)
+              and not _attention_of(model, modules, k)]
+    return not_loaded, unused
+
+
+def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False, *,
+                    allow_partial: bool = False, source: str = "the state dict",
+                    partial_option: str = "allow_partial=True") -> LoadReport:
     """Load ``state_dict`` (e.g. a torchvision ResNet's) into ``model`` and report what matched.
 
-    Tensors whose shapes differ (a classifier with another class count) are skipped and reported. With
-    ``strict=True`` any missing, unexpected or mismatched key raises a ValueError naming them.
+    The load must be complete for the plain network (see the module docstring): tensors ``attach`` added stay at
+    their initialisation, and a classifier head whose shape differs (another class count) is skipped; any other
+    tensor of the network the file does not provide, or any tensor of the file the network does not use, raises a
+    ValueError with the report, unless ``allow_partial=True`` (then whatever matches is loaded and reported).
+    ``strict=True`` raises for any missing, unexpected or mismatched key. Nothing is loaded when it raises.
+    ``source`` names the weights and ``partial_option`` the option that allows a partial load, in messages.
     """
     own = model.state_dict()
     report = LoadReport()
@@ -49,5 +157,19 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
     report.missing = [k for k in own if k not in state_dict]
     if strict and (report.missing or report.unexpected or report.shape_mismatch):
         raise ValueError("state dict does not match the model:\n" + report.summary())
+    if not to_load and state_dict and own:
+        raise ValueError(f"no tensor of {source} matches the model's names and shapes; is it a state dict of this "
+                         f"network?\n{report.summary()}")
+    if not allow_partial:
+        not_loaded, unused = _partial(model, own, state_dict, set(to_load))
+        if not_loaded or unused:
+            what = "; ".join(
+                ([f"{len(not_loaded)} tensors of the network would stay at their initialisation ({_shown(not_loaded, 2)})"]
+                 if not_loaded else [])
+                + ([f"{len(unused)} tensors of the file would be left unused ({_shown(unused, 2)})"] if unused else []))
+            raise ValueError(
+                f"{source} holds another network's weights, or only part of them: {what}. Only new attention "
+                f"parameters and a classifier head of another class count may be left out; to load just the matching "
+                f"tensors, pass {partial_option}.\n{report.summary()}")
     model.load_state_dict(to_load, strict=False)
     return report

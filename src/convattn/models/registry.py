@@ -106,7 +106,8 @@ def create_model(name: str, variant: str | None = None, pretrained: bool = False
         pretrained: Must be False: convattn never downloads weights. Load a local state dict with
             ``convattn.models.load_pretrained`` instead.
         **kwargs: Model options (``attn``, ``conv``, ``num_classes``, ``in_chans``, ``attn_kwargs``,
-            ``conv_kwargs``, ``pretrained_path`` (a local state dict of the plain network), ...).
+            ``conv_kwargs``, ``pretrained_path`` (a local state dict of the plain network, which must hold all of
+            it: ``pretrained_allow_partial=True`` loads just what matches), ...).
     """
     if pretrained:
         raise ValueError("convattn does not download weights; build with pretrained=False and pass a local state "
@@ -122,9 +123,14 @@ def create_model(name: str, variant: str | None = None, pretrained: bool = False
     if is_backbone_name(name):
         return create_backbone(name, **kwargs)
     path = kwargs.pop("pretrained_path", None)
+    partial = kwargs.pop("pretrained_allow_partial", False)
+    if partial and not path:
+        raise ValueError("pretrained_allow_partial allows a partial load of pretrained_path, but no pretrained_path "
+                         "is given")
     model = _MODELS[name](**kwargs)
     if path:
-        model.pretrained_report = load_pretrained(model, load_state_file(path))
+        from .backbones import load_weights_file  # complete for the plain network unless a partial load is allowed
+        model.pretrained_report = load_weights_file(model, path, allow_partial=partial)
     return model
 
 

@@ -79,9 +79,11 @@ def _build(name: str, pretrained: bool, fixed: str | None = None, **kwargs: Any)
     n_stages = 3 if name in _CIFAR else 4
     plain = not (kwargs.get("attn") or kwargs.get("conv"))  # a plain file into an attention variant: new keys
     device, dtype = kwargs.pop("device", None), kwargs.pop("dtype", None)  # timm's factory arguments
+    # the caller's feature_cfg (timm's tests pass feature_cls="fx") over ours: the stem and every stage by default
+    feature_cfg = {"out_indices": tuple(range(n_stages + 1)), **(kwargs.pop("feature_cfg", None) or {})}
     with torch.device(device) if device is not None else contextlib.nullcontext():
         model = build_model_with_cfg(_MODELS[name], entry, pretrained, pretrained_strict=plain,
-                                     feature_cfg=dict(out_indices=tuple(range(n_stages + 1))), **kwargs)
+                                     feature_cfg=feature_cfg, **kwargs)
     return model.to(dtype=dtype) if dtype is not None else model
 
 

@@ -117,6 +117,9 @@ class TrainConfig:
     zero_init_last: bool = option(False, "zero-init the last BN of each residual block")
     pretrained_path: str | None = option(None, "local state dict (.pth/.safetensors) of the plain network, loaded "
                                          "before attention is attached (nothing is downloaded)")
+    pretrained_partial: bool = option(False, "with --pretrained-path: load only the tensors that match when the file "
+                                      "does not hold every tensor of the plain network (another network's weights); "
+                                      "without it such a file is refused")
     seed: int = option(0, "seed of the data order, augmentation and initialisation")
     deterministic: bool = option(False, "torch deterministic algorithms")
     workers: int = option(2, "DataLoader workers (ImageFolder only)")
@@ -195,6 +198,9 @@ def _check_ranges(d: dict[str, Any]) -> None:
     if d["attn_kwargs"] and not attn["attn"]:
         raise ConfigError(f"attn_kwargs (--attn-kwargs) {d['attn_kwargs']} configure an attention module, but "
                           f"variant {d['variant']!r} has none; add --attn NAME or drop --attn-kwargs")
+    if d.get("pretrained_partial") and not d["pretrained_path"]:
+        raise ConfigError("pretrained_partial (--pretrained-partial) allows a partial load of --pretrained-path, but no "
+                          "--pretrained-path is given")
 
 
 # what must agree between a run and the checkpoint it resumes from
@@ -283,6 +289,8 @@ def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: i
         kw["conv_kwargs"] = dict(cfg.conv_kwargs)
     if cfg.pretrained_path:
         kw["pretrained_path"] = cfg.pretrained_path
+        if cfg.pretrained_partial:
+            kw["pretrained_allow_partial"] = True
     try:
         return create_model(cfg.model, **kw)
     except TypeError as e:
