@@ -179,12 +179,13 @@ def test_cbam_official_initialisation():
     with pytest.raises(ValueError, match="init must be one of"):
         CBAM(16, init="xavier")
     r = create_model("resnet20", attn="cbam")  # the model's init pass restores the module's own rule
-    assert all(torch.count_nonzero(b.attn.spatial_gate.bn.weight) == 0 for b in r.layer1)
+    assert all(torch.count_nonzero(b.bn2.attn.spatial_gate.bn.weight) == 0 for b in r.layer1)
 
 
 def test_eca_kernel_sizes_of_the_released_resnet50():
     def sizes(m):
-        return [m.get_submodule(f"layer{i}.0.attn").kernel_size for i in (1, 2, 3, 4)]
+        blocks = [m.get_submodule(f"layer{i}.0") for i in (1, 2, 3, 4)]
+        return [(getattr(b, "bn3", None) or b.bn2).attn.kernel_size for b in blocks]
 
     def attn_params(m):
         return sum(p.numel() for n, p in m.named_parameters() if ".attn." in n)

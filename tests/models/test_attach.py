@@ -11,8 +11,8 @@ from convattn import attach, create_model
 from convattn.layers import AttentionModule, eca_kernel_size
 from convattn.layers.contract import placement_stage_ends
 from convattn.models import VERIFIED_BACKBONES
-from convattn.models.attach import ResidualScale, find_blocks, register_block
-from convattn.models.resnet import STEAM_DEFAULT_BLOCKS
+from convattn.models.attach import BLOCK_RULES, ResidualScale, find_blocks, register_block
+STEAM_DEFAULT_BLOCKS = {4: {1: [-1], 2: [-1], 3: [-1, -2], 4: [-1]}, 3: {1: [-1], 2: [-1, -2], 3: [-1]}}
 from convattn.engine.optim import attention_parameter_names, param_groups
 
 
@@ -203,17 +203,28 @@ class _MyBlock(nn.Module):
         return x + self.norm(self.conv(x))
 
 
-def test_unknown_blocks_are_an_error_and_register_block_teaches_them():
-    with pytest.raises(ValueError, match="no residual block of a known type in _Plain .*register_block"):
-        attach(_Plain(), "se")
+def test_blocks_from_the_computation_and_register_block_overrides():
+    m = attach(_Plain(), "se")  # no shortcut at all: the output of each stage (one stride here: the last ReLU)
+    assert [r["where"] for r in m.convattn_report.rows] == ["body.3.attn"]
+    assert m.convattn_report.block_kinds == {"stage": 1}
     assert attach(_Plain(), "gct").convattn_report.count() == 2  # convs need no blocks
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _MyBlock(16), _MyBlock(16))
-    with pytest.raises(ValueError, match="no residual block"):
-        attach(net, "se")
-    register_block(_MyBlock, "norm")
-    m = attach(net, "se")
+    m = attach(net, "se")  # x + norm(conv(x)): read off the addition, no rule needed
     assert [r["where"] for r in m.convattn_report.rows] == ["1.norm.attn", "2.norm.attn"]
-    assert len(find_blocks(m)) == 2
+    assert len(find_blocks(_copy_seq(net))) == 2
+    register_block(_MyBlock, "conv")  # an override wins over what the pass reads
+    try:
+        m = attach(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _MyBlock(16)), "se")
+        assert [r["where"] for r in m.convattn_report.rows] == ["1.conv.attn"]
+        assert m.convattn_report.block_kinds == {"registered": 1}
+    finally:
+        BLOCK_RULES.pop(f"{_MyBlock.__module__}.{_MyBlock.__qualname__}")
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        attach(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), "se")
+
+
+def _copy_seq(net: nn.Module) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), _MyBlock(16), _MyBlock(16))
 
 
 def test_bad_arguments():

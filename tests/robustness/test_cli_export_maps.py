@@ -52,7 +52,7 @@ def test_maps_statistics_over_validation_images(run_dir, tmp_path, capsys):
     assert main(["maps", "--run", str(run_dir), "--stats", "6", "--out", str(tmp_path)]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["attention_stats.csv", "attention_stats.md"]
     md = (tmp_path / "attention_stats.md").read_text()
-    assert "| layer1.0.attn | channel |" in md and "| layer1.0.attn | spatial |" in md and "| aw |" in md
+    assert "| layer1.0.bn2.attn | channel |" in md and "| layer1.0.bn2.attn | spatial |" in md and "| aw |" in md
     assert main(["maps", "--run", str(run_dir), "--stats", "1", "--out", str(tmp_path)]) == 2
     assert "at least 2 images" in capsys.readouterr().err
 

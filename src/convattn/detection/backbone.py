@@ -100,7 +100,7 @@ def resnet_fpn_backbone(
     body = create_model(name, norm_layer=FrozenBatchNorm2d if frozen_bn else None, **model_kwargs)
     if frozen_bn and not attn_norm_trainable:
         freeze_attention_norms(body)
-    train_prefixes = _STAGES[:trainable_layers] + (["bn1", "gct_stem"] if trainable_layers == 5 else [])
+    train_prefixes = _STAGES[:trainable_layers] + (["bn1"] if trainable_layers == 5 else [])
     for pname, p in body.named_parameters():
         if not any(pname.startswith(layer) for layer in train_prefixes):
             p.requires_grad_(False)

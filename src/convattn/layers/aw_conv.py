@@ -108,10 +108,20 @@ class AWConv2d(nn.Conv2d, AttentionModule):
             residual: bool = True,
             init: str = "zero",
             impl: str = "auto",
+            input_padding: tuple[int, int, int, int] | str | None = None,
+            input_padding_mode: str = "constant",
             device: torch.device | str | None = None,
             dtype: torch.dtype | None = None,
     ) -> None:
         ks, st, dil = to_2tuple(kernel_size), to_2tuple(stride), to_2tuple(dilation)
+        if input_padding is not None and input_padding != "same" and (
+                not isinstance(input_padding, (tuple, list)) or len(input_padding) != 4
+                or not all(isinstance(v, int) and v >= 0 for v in input_padding)):
+            raise ValueError(f"AW input_padding must be None, 'same' (TF-style, from the input size) or four "
+                             f"non-negative ints (left, right, top, bottom), got {input_padding!r}")
+        if input_padding_mode not in ("constant", "reflect", "replicate", "circular"):
+            raise ValueError(f"AW input_padding_mode must be constant, reflect, replicate or circular, got "
+                             f"{input_padding_mode!r}")
         pad = _numeric_padding(padding, ks, st, dil)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"in_channels ({in_channels}) and out_channels ({out_channels}) must be divisible "
@@ -138,6 +148,8 @@ class AWConv2d(nn.Conv2d, AttentionModule):
         self.residual = residual
         self.init = init
         self.impl = impl
+        self.input_padding = tuple(input_padding) if isinstance(input_padding, list) else input_padding
+        self.input_padding_mode = input_padding_mode
         self.hidden_channels = max(in_channels // reduction, min_hidden)
         cin_g = in_channels // groups
         # attention values per tap: P rows of k x k taps
@@ -160,10 +172,18 @@ class AWConv2d(nn.Conv2d, AttentionModule):
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d, **kwargs: Any) -> "AWConv2d":
-        """Build an AWConv2d with the geometry and (copied) weights of ``conv``."""
-        if conv.padding_mode != "zeros":
-            raise ValueError(f"AWConv2d supports padding_mode='zeros' only, got {conv.padding_mode!r}")
-        aw = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+        """Build an AWConv2d with the geometry and (copied) weights of ``conv``; a ``padding_mode`` other than
+        zeros becomes the same padding of the input (``input_padding``), so the result computes what ``conv``
+        computes. ``input_padding`` in ``kwargs`` (e.g. ``"same"`` for TF-style convolutions) replaces the
+        convolution's own padding."""
+        padding: Any = conv.padding
+        if conv.padding_mode != "zeros" and "input_padding" not in kwargs:
+            (ph, pw) = _numeric_padding(conv.padding, conv.kernel_size, conv.stride, conv.dilation)
+            kwargs = {**kwargs, "input_padding": (pw, pw, ph, ph), "input_padding_mode": conv.padding_mode}
+            padding = 0
+        elif kwargs.get("input_padding") is not None:
+            padding = 0
+        aw = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding, conv.dilation,
                  conv.groups, conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
         with torch.no_grad():
             aw.weight.copy_(conv.weight)
@@ -270,6 +290,8 @@ class AWConv2d(nn.Conv2d, AttentionModule):
     def forward(self, x: torch.Tensor, attn: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve each sample with its modulated kernel; ``attn`` overrides the generator (for tests)."""
         check_input(x, self.in_channels, type(self).__name__)
+        if self.input_padding is not None:
+            return self._forward_padded(x, attn)
         if not is_exporting() and x.shape[0] == 0:  # an empty batch (grouped convs refuse zero groups)
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
         impl = self._auto_impl(x) if self.impl == "auto" else self.impl
@@ -289,6 +311,28 @@ class AWConv2d(nn.Conv2d, AttentionModule):
         if self.bias is not None:
             y = y + self.bias.reshape(1, -1, 1, 1)
         return y
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        """The input padded as ``input_padding`` says (before a convolution with no padding of its own)."""
+        if self.input_padding == "same":
+            from timm.layers.padding import pad_same
+            return pad_same(x, list(self.kernel_size), list(self.stride), list(self.dilation))
+        return F.pad(x, self.input_padding, mode=self.input_padding_mode)
+
+    def _forward_padded(self, x: torch.Tensor, attn: torch.Tensor | None) -> torch.Tensor:
+        """With ``input_padding``: the attention from the layer's input, the convolution on the padded input."""
+        if attn is None and self.mode == "full_g" and self.attn_act == "identity":
+            weight = self._full_g_weight(x)
+        else:
+            weight = self.modulated_weight(self.kernel_attention(x) if attn is None else attn)
+        xp = self.pad_input(x)
+        if is_exporting() or not torch.is_grad_enabled() and x.shape[0] >= 8:
+            y = self._conv_unfold(xp, weight)
+        elif not is_exporting() and x.shape[0] == 0:
+            y = F.conv2d(xp, self.weight, None, self.stride, 0, self.dilation, self.groups)
+        else:
+            y = self._conv_fold(xp, weight)
+        return y if self.bias is None else y + self.bias.reshape(1, -1, 1, 1)
 
     def _out_size(self, h: int, w: int) -> tuple[int, int]:
         """Output map size of this convolution for an (h, w) input."""
@@ -412,4 +456,5 @@ class AWConv2d(nn.Conv2d, AttentionModule):
 
     def extra_repr(self) -> str:
         return (super().extra_repr() + f", mode={self.mode!r}, hidden={self.hidden_channels}, pool={self.pool!r}, "
-                f"attn_act={self.attn_act!r}, residual={self.residual}, impl={self.impl!r}")
+                f"attn_act={self.attn_act!r}, residual={self.residual}, impl={self.impl!r}"
+                + (f", input_padding={self.input_padding!r}" if self.input_padding is not None else ""))

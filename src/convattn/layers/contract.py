@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-__all__ = ["AttentionModule", "AttnSpec", "ATTENTION_KEYS", "KINDS", "placement_all", "placement_stage_ends",
+__all__ = ["AttentionModule", "AttnSpec", "Site", "ATTENTION_KEYS", "KINDS", "placement_all", "placement_stage_ends",
            "resolve_placement", "declared_no_weight_decay"]
 
 #: What ``attention(x)`` may return, each a tensor broadcastable against the module's input ``x`` (N, C, H, W):
@@ -104,6 +104,28 @@ def resolve_placement(rule: str | Placement) -> Placement:
 
 
 @dataclass(frozen=True)
+class Site:
+    """Where one module instance goes, as ``attach`` read it off the network's dry pass (all 0-based).
+
+    Attributes:
+        kind: ``output``, ``pre_conv`` or ``conv``.
+        channels: Channels of the map the module sees.
+        reduction: Output stride of that map w.r.t. the input image.
+        stage / index: The block's stage and position in it (-1 for convolutions outside blocks).
+        blocks_per_stage: Blocks per stage of the whole network.
+        finest_reduction: Output stride of the network's first stage (1 for CIFAR-style networks).
+    """
+
+    kind: str
+    channels: int
+    reduction: int
+    stage: int = -1
+    index: int = -1
+    blocks_per_stage: tuple[int, ...] = ()
+    finest_reduction: int = 1
+
+
+@dataclass(frozen=True)
 class AttnSpec:
     """A registry entry: the constructor and what the module is.
 
@@ -116,6 +138,9 @@ class AttnSpec:
             is a temporary.
         paper: Short citation, shown by ``list_attn(details=True)``.
         defaults: Constructor keyword defaults of this entry (e.g. ECA's circular padding for ``ceca``).
+        configure: ``configure(site, kwargs) -> kwargs``: the options of one instance from where it sits
+            (:class:`Site`), e.g. STEAM's OGP grid from the map's stride; applied by ``attach`` after the
+            user's options (which it must not override).
     """
 
     name: str
@@ -125,6 +150,7 @@ class AttnSpec:
     inplace_ok: bool = False
     paper: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)
+    configure: Callable[["Site", dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

@@ -17,7 +17,7 @@ from torch import nn
 
 from .aw_conv import AWConv2d
 from .cbam import CBAM
-from .contract import AttnSpec
+from .contract import AttnSpec, Site
 from .coord import CoordAttention
 from .eca import ECA
 from .gct import GCT
@@ -26,15 +26,32 @@ from .steam import STEAM
 
 __all__ = ["create_attn", "get_attn", "get_attn_spec", "list_attn", "register_attn", "AttnSequence", "module_options"]
 
+def _steam_site(site: Site, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """STEAM's ``ogp_size="input/32"`` grid needs the map's stride w.r.t. the image."""
+    if kwargs.get("ogp_size") == "input/32" and kwargs.get("feature_stride") is None:
+        kwargs = {**kwargs, "feature_stride": site.reduction}
+    return kwargs
+
+
+def _aw_site(site: Site, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """AW's generator: ``"full"`` (paper-literal) in networks whose first stage keeps the input resolution
+    (CIFAR-size networks, few channels), else ``"full_g"`` (grouped PW2, 1x1-conv sized) where its divisibility
+    holds."""
+    if "mode" not in kwargs and site.finest_reduction == 1:
+        kwargs = {**kwargs, "mode": "full"}
+    return kwargs  # else attach builds "full_g" per layer where it divides, "full" where it does not
+
+
 _SPECS: tuple[AttnSpec, ...] = (
     AttnSpec("se", SEModule, paper="Hu, Shen, Sun, CVPR 2018"),
     AttnSpec("cbam", CBAM, paper="Woo, Park, Lee, Kweon, ECCV 2018"),
     AttnSpec("eca", ECA, paper="Wang et al., CVPR 2020"),
     AttnSpec("ceca", ECA, paper="Wang et al., CVPR 2020 (circular padding)", defaults={"padding": "circular"}),
     AttnSpec("gct", GCT, kind="pre_conv", paper="Yang, Zhu, Wu, Yang, CVPR 2020"),
-    AttnSpec("steam", STEAM, placement="stage_ends", inplace_ok=True, paper="Sabharwal et al., 2024"),
+    AttnSpec("steam", STEAM, placement="stage_ends", inplace_ok=True, paper="Sabharwal et al., 2024",
+             configure=_steam_site),
     AttnSpec("coord", CoordAttention, paper="Hou, Zhou, Feng, CVPR 2021"),
-    AttnSpec("aw", AWConv2d, kind="conv", paper="Zhu, Hofstee, Lee, Al-Ars, ICANN 2021"),
+    AttnSpec("aw", AWConv2d, kind="conv", paper="Zhu, Hofstee, Lee, Al-Ars, ICANN 2021", configure=_aw_site),
 )
 _REGISTRY: dict[str, AttnSpec] = {s.name: s for s in _SPECS}
 _NONE_NAMES = ("", "none")
@@ -50,7 +67,7 @@ def register_attn(spec: AttnSpec) -> AttnSpec:
 
 # constructor arguments that are the host layer's geometry or placement, not options of the attention itself
 _NOT_OPTIONS = {"self", "channels", "in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation",
-                "groups", "bias", "device", "dtype", "inplace"}
+                "groups", "bias", "device", "dtype", "inplace", "input_padding", "input_padding_mode"}
 
 
 def module_options(name: str, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -1,83 +1,55 @@
-"""``attach``: put convattn modules into an existing CNN (torchvision, timm, your own), in place.
+"""``attach``: put convattn modules into any CNN (torchvision, timm, another package's, your own), in place.
 
-Where each kind goes (the registry's ``kind``, see ``convattn.layers.contract``):
+The network's structure is read off its own computation (one recorded dry forward pass, see
+:mod:`convattn.models.trace` and :mod:`convattn.models.blocks`), never from a list of block classes:
 
-* ``output`` modules (SE, CBAM, ECA, STEAM, coord) at the output of each residual branch, before the addition
-  (in blocks without a shortcut, at the block output). A block is recognised by its type (:data:`BLOCK_RULES`,
-  subclasses included): the rule names the attribute whose output is the branch output; a ``Sequential`` there
-  is followed to its last module. Stages are found by one dry forward pass: blocks with the same output stride
-  form a stage. Channel counts come from that pass, never from the user.
-* ``pre_conv`` modules (GCT) in front of every ``nn.Conv2d`` that sees a map larger than 1 x 1 in the dry pass
-  (so not the convolutions of built-in squeeze-excitation gates or of heads after global pooling).
-* ``conv`` replacements (AW) for every such ``nn.Conv2d`` with a kernel larger than 1 x 1 inside a recognised
-  block (depthwise and grouped included; the stem stays plain, as in the AW paper's ResNets), built with
-  ``AWConv2d.from_conv`` (same weights).
+* ``output`` modules (SE, CBAM, ECA, STEAM, coord) at the output of each block's branch, before the residual
+  addition (or the concatenation of a split/dense shortcut); in multi-branch blocks without a shortcut, at the
+  block output; in networks without blocks (VGG), at the output of each stage. Stages are blocks of one output
+  stride. Channel counts come from the pass, never from the user.
+* ``pre_conv`` modules (GCT) in front of every convolution (``nn.Conv2d`` and its subclasses) that sees a map
+  larger than 1 x 1 in the pass (so not the convolutions of built-in squeeze-excitation gates or of heads after
+  global pooling).
+* ``conv`` replacements (AW) for every such convolution with a kernel larger than 1 x 1 inside a block
+  (depthwise and grouped included; the stem stays plain, as in the AW paper's ResNets; in a network without
+  blocks, every one but the first), built with ``AWConv2d.from_conv`` (same weights). A subclass of
+  ``nn.Conv2d`` with a forward of its own (TF "same" padding, a padding layer of its own) is replaced only by an
+  AW-convolution that computes exactly what it computed, checked on random inputs at two sizes; a subclass
+  that computes something else (e.g. weight standardisation) is refused with the reason.
 
-State-dict keys of the original network do not change: the module an attention attaches to keeps its class's
+State-dict keys of the original network do not change: a module an attention attaches to keeps its class's
 behaviour and its parameters, gains a child ``attn`` and runs it after itself (``output``) or before itself
-(``pre_conv``). So plain (e.g. pretrained) weights load into the attached model with only the new keys missing,
-and the attached model's state dict loads back into a freshly attached one.
+(``pre_conv``). So plain (e.g. pretrained) weights load into the attached model with only the new keys missing.
+
+``attach`` is all or nothing: every module is built and checked before the network is changed, so a request
+that fails in any part leaves the network as it was, and the error says which part failed.
 
 ``identity=True`` makes the attached network compute exactly what the original did: AW (zero-initialised PW2)
 and GCT (gamma = beta = 0) already start as the identity; gated ``output`` modules are wrapped in
-:class:`ResidualScale`, ``y = x + s * (m(x) - x)`` with a scalar ``s`` initialised to 0 (for a gate ``g`` that
-is ``x * (1 + s * (g - 1))``, a zero-initialised scale on the gate's departure from 1).
+:class:`ResidualScale`, ``y = x + s * (m(x) - x)`` with a scalar ``s`` initialised to 0.
 
-``torch.jit.script`` is not supported on attached models (the attached modules call their class's own forward
-through ``super()``, which TorchScript cannot compile); torch.fx, ``torch.export`` and ONNX export trace them.
+``torch.jit.script`` is refused on attached models with the reason (the attached modules call their class's own
+forward through ``super()``); torch.fx, ``torch.export`` and ONNX export trace them.
 """
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
 
 from ..layers import AWConv2d, AttentionModule, create_attn
-from ..layers.contract import resolve_placement
+from ..layers.contract import Site, resolve_placement
 from ..layers.create_attn import get_attn_spec, split_attn_name
+from ..layers.helpers import refuse_torchscript
+from .blocks import BLOCK_RULES, Block, assign_stages, find_blocks as _find_blocks, register_block, stage_outputs
+from .trace import Pass, TraceError, record_pass
 
-__all__ = ["attach", "AttachReport", "ResidualScale", "BLOCK_RULES", "register_block", "find_blocks", "stage_blocks"]
-
-#: Residual block types (``module.Class``, subclasses match too) -> attribute whose output is the branch output.
-BLOCK_RULES: dict[str, str] = {
-    "torchvision.models.resnet.BasicBlock": "bn2",
-    "torchvision.models.resnet.Bottleneck": "bn3",
-    "torchvision.models.mobilenetv2.InvertedResidual": "conv",
-    "torchvision.models.mobilenetv3.InvertedResidual": "block",
-    "torchvision.models.efficientnet.MBConv": "block",
-    "torchvision.models.efficientnet.FusedMBConv": "block",
-    "torchvision.models.convnext.CNBlock": "block",
-    "torchvision.models.regnet.ResBottleneckBlock": "f",
-    "timm.models.resnet.BasicBlock": "bn2",
-    "timm.models.resnet.Bottleneck": "bn3",
-    "timm.models._efficientnet_blocks.ConvBnAct": "bn1",
-    "timm.models._efficientnet_blocks.DepthwiseSeparableConv": "bn2",
-    "timm.models._efficientnet_blocks.InvertedResidual": "bn3",
-    "timm.models._efficientnet_blocks.EdgeResidual": "bn2",
-    "timm.models._efficientnet_blocks.UniversalInvertedResidual": "layer_scale",
-    "timm.models.regnet.Bottleneck": "conv3",
-    "timm.models.convnext.ConvNeXtBlock": "drop_path",
-    "convattn.models.resnet.BasicBlock": "bn2",
-    "convattn.models.resnet.Bottleneck": "bn3",
-}
-
-
-def register_block(block_type: type | str, attribute: str) -> None:
-    """Teach ``attach`` a residual block type: ``attribute`` names the submodule whose output is the branch
-    output (before the shortcut addition)."""
-    key = block_type if isinstance(block_type, str) else f"{block_type.__module__}.{block_type.__qualname__}"
-    BLOCK_RULES[key] = attribute
-
-
-def _rule(module: nn.Module) -> str | None:
-    for cls in type(module).__mro__:
-        rule = BLOCK_RULES.get(f"{cls.__module__}.{cls.__qualname__}")
-        if rule is not None:
-            return rule
-    return None
+__all__ = ["attach", "AttachReport", "ResidualScale", "BLOCK_RULES", "register_block", "find_blocks", "stage_blocks",
+           "network_pass"]
 
 
 class ResidualScale(AttentionModule):
@@ -109,6 +81,9 @@ class _ThenAttn:
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.attn(super().forward(*args, **kwargs))
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        refuse_torchscript("models with attach()ed modules")
+
 
 class _AttnThen:
     """Mixin: ``forward`` runs ``self.attn`` on the input, then the base class's forward."""
@@ -116,122 +91,126 @@ class _AttnThen:
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(self.attn(x))
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        refuse_torchscript("models with attach()ed modules")
+
 
 @functools.lru_cache(maxsize=None)
 def _attached_class(base: type, mixin: type) -> type:
     suffix = "WithOutputAttn" if mixin is _ThenAttn else "WithInputAttn"
-    return type(f"{base.__name__}{suffix}", (mixin, base), {"__module__": __name__})
+    # a torch.nn layer stays a leaf for torch.fx (its Tracer treats torch.nn's classes as leaves): the graph then
+    # calls the attached layer as one module, whose forward runs the attention
+    module = base.__module__ if base.__module__.startswith("torch.nn") else __name__
+    return type(f"{base.__name__}{suffix}", (mixin, base), {"__module__": module})
+
+
+def _has_attn(module: nn.Module) -> bool:
+    return isinstance(getattr(module, "attn", None), nn.Module)
 
 
 def _attach_child(module: nn.Module, attn: nn.Module, mixin: type) -> None:
-    if hasattr(module, "attn") and isinstance(getattr(module, "attn"), nn.Module):
-        raise ValueError(f"{type(module).__name__} already has an attention attached (or a child named 'attn')")
     module.__class__ = _attached_class(type(module), mixin)
     module.add_module("attn", attn)
 
 
-# --- what the dry pass sees ---
+# --- the dry pass ---
 
-@dataclass
-class Block:
-    name: str
-    module: nn.Module
-    target_name: str  # full name of the module whose output is the branch output
-    target: nn.Module
-    channels: int = 0
-    reduction: int = 0
-    stage: int = -1
-    index: int = -1  # position within its stage
+def _cfg_size(model: nn.Module) -> tuple[int | None, int | None]:
+    """(channels, size) of the model's declared input (timm's ``pretrained_cfg``/``default_cfg``)."""
+    for attr in ("pretrained_cfg", "default_cfg"):
+        cfg = getattr(model, attr, None)
+        size = cfg.get("input_size") if isinstance(cfg, dict) else None
+        if isinstance(size, (tuple, list)) and len(size) == 3:
+            return int(size[0]), int(size[-1])
+    return None, None
 
 
-def _branch_target(block: nn.Module, attribute: str) -> tuple[str, nn.Module]:
-    target = getattr(block, attribute, None)
-    if not isinstance(target, nn.Module):
-        raise ValueError(f"{type(block).__name__} has no submodule {attribute!r} (the attach rule of this block "
-                         "type); register the right one with convattn.models.attach.register_block")
-    name = attribute
-    while isinstance(target, nn.Sequential) and len(target) > 0:  # follow to the last layer
-        last = str(len(target) - 1)
-        name, target = f"{name}.{last}", target[-1]
-    return name, target
+def _first_conv(model: nn.Module) -> nn.Conv2d | None:
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def find_blocks(model: nn.Module) -> list[Block]:
-    """The residual blocks ``attach`` recognises, outermost only, in module order."""
-    blocks: list[Block] = []
-    inside: tuple[str, ...] = ()
-    for name, m in model.named_modules():
-        if inside and any(name.startswith(p + ".") for p in inside):
-            continue
-        rule = _rule(m)
-        if rule is not None and name:
-            tname, target = _branch_target(m, rule)
-            blocks.append(Block(name, m, f"{name}.{tname}", target))
-            inside += (name,)
-    return blocks
+def _channel_candidates(model: nn.Module) -> list[int]:
+    cands = [getattr(model, "in_chans", None), _cfg_size(model)[0]]
+    conv = _first_conv(model)
+    if conv is not None:
+        cands.append(conv.in_channels)
+    cands += [3, 1]
+    return list(dict.fromkeys(c for c in cands if isinstance(c, int) and not isinstance(c, bool) and c > 0))
 
 
-def _input_channels(model: nn.Module) -> int:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            return m.in_channels
-    raise ValueError(f"attach: {type(model).__name__} has no nn.Conv2d; it is not a CNN convattn can attach to")
+def _check_size(dry_run_size: Any) -> None:
+    if dry_run_size is None:
+        return
+    if isinstance(dry_run_size, bool) or not isinstance(dry_run_size, int) or not 8 <= dry_run_size <= 4096:
+        raise ValueError(f"attach: dry_run_size must be an int in [8, 4096] (the side of the dry pass's input), "
+                         f"got {dry_run_size!r}")
 
 
-@torch.no_grad()
-def _dry_pass(model: nn.Module, blocks: list[Block], size: int) -> dict[nn.Module, tuple[int, int]]:
-    """Fill each block's channels and output stride; return each conv's input (H, W)."""
-    conv_in: dict[nn.Module, tuple[int, int]] = {}
-    hooks = []
-    for b in blocks:
-        def out_hook(mod, inp, out, b=b):
-            b.channels, b.reduction = out.shape[1], max(1, size // out.shape[-1])
-        hooks.append(b.target.register_forward_hook(out_hook))
-    def conv_hook(mod, inp) -> None:
-        conv_in.setdefault(mod, tuple(inp[0].shape[-2:]))
-
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            hooks.append(m.register_forward_pre_hook(conv_hook))
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        x = torch.zeros(1, _input_channels(model), size, size, device=_device(model), dtype=_dtype(model))
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-        for m, t in modes:
-            m.training = t
-    return conv_in
+def _too_small(p: Pass, blocks: list[Block]) -> bool:
+    """Some block saw a 1 x 1 map: deeper strides can no longer be told apart at this input size."""
+    return any(p.size // max(b.reduction, 1) <= 1 for b in blocks)
 
 
-def _device(model: nn.Module) -> torch.device:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else torch.device("cpu")
+def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pass, list[Block], list[str]]:
+    """The recorded dry pass of ``model``, its blocks (stage and index set) and notes.
+
+    ``dry_run_size`` None: the model's declared input size (timm ``pretrained_cfg``, at most 256), else 32 x the
+    first convolution's stride; doubled (up to 1024) while some block sees a 1 x 1 map (deeper strides could not be
+    told apart) or the network refuses so small an input. A size given explicitly is checked the same way, never
+    changed.
+    """
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError("attach needs the eager nn.Module: a TorchScript module (torch.jit.script/trace) cannot "
+                         "be changed in place; attach to the eager model first, then script or export it")
+    _check_size(dry_run_size)
+    conv = _first_conv(model)
+    if conv is None:
+        raise ValueError(f"attach: {type(model).__name__} has no nn.Conv2d; it is not a CNN convattn can attach to")
+    explicit = dry_run_size is not None
+    if explicit:
+        size = dry_run_size
+    else:
+        cfg = _cfg_size(model)[1]
+        size = min(cfg, 256) if cfg else 32 * max(conv.stride)
+    first_err: Exception | None = None
+    while size <= 1024:
+        p = None
+        for c in _channel_candidates(model):
+            try:
+                p = record_pass(model, size, c)
+                break
+            except TraceError as e:
+                first_err = first_err or e
+        if p is not None:
+            blocks, notes = _find_blocks(p)
+            if not blocks:
+                blocks = stage_outputs(p)
+                if blocks:
+                    notes.append("no residual, split, dense or multi-branch block: a stage is a run of layers at "
+                                 "one output stride, its output the last of them")
+            if not _too_small(p, blocks):
+                assign_stages(blocks)
+                return p, blocks, notes
+            if explicit:
+                raise ValueError(f"attach: dry_run_size={size} is too small for {type(model).__name__}: some of its "
+                                 f"blocks see 1 x 1 maps, so their strides cannot be told apart; use "
+                                 f"dry_run_size >= {2 * size} (or leave it unset)")
+        elif explicit:
+            break
+        size *= 2
+    raise ValueError(f"attach: cannot run {type(model).__name__} on a dry input: {first_err}") from first_err
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    p = next((p for p in model.parameters() if p.is_floating_point()), None)
-    return p.dtype if p is not None else torch.float32
+def find_blocks(model: nn.Module, dry_run_size: int | None = None) -> list[Block]:
+    """The blocks ``attach`` finds in ``model`` (forward order, with channels, stride, stage and index)."""
+    return network_pass(model, dry_run_size)[1]
 
 
-def _assign_stages(blocks: list[Block]) -> list[int]:
-    reductions = sorted({b.reduction for b in blocks})
-    counts = [0] * len(reductions)
-    for b in blocks:
-        b.stage = reductions.index(b.reduction)
-        b.index = counts[b.stage]
-        counts[b.stage] += 1
-    return counts
-
-
-def stage_blocks(model: nn.Module, dry_run_size: int = 64) -> tuple[list[Block], list[int]]:
-    """The recognised residual blocks of ``model`` with their channels, output stride, stage and index (one dry
-    forward pass), and the number of blocks per stage."""
-    blocks = find_blocks(model)
-    _dry_pass(model, blocks, dry_run_size)
-    return blocks, _assign_stages(blocks)
+def stage_blocks(model: nn.Module, dry_run_size: int | None = None) -> tuple[list[Block], list[int]]:
+    """The blocks of ``model`` and the number of blocks per stage."""
+    blocks = find_blocks(model, dry_run_size)
+    reds = sorted({b.reduction for b in blocks})
+    return blocks, [sum(1 for b in blocks if b.reduction == r) for r in reds]
 
 
 # --- the report ---
@@ -239,11 +218,15 @@ def stage_blocks(model: nn.Module, dry_run_size: int = 64) -> tuple[list[Block],
 @dataclass
 class AttachReport:
     """What ``attach`` inserted: one row per insertion (``kind``, ``module`` name, ``where`` it sits, channels,
-    stage and block (0-based; -1 outside blocks), added parameters)."""
+    stage and block (0-based; -1 outside blocks), added parameters), the blocks per stage, the rules that found
+    the blocks and notes on what was read but not used."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     blocks_per_stage: list[int] = field(default_factory=list)
     identity: bool = False
+    block_kinds: dict[str, int] = field(default_factory=dict)
+    dry_run_size: int = 0
+    notes: list[str] = field(default_factory=list)
 
     @property
     def added_params(self) -> int:
@@ -257,8 +240,10 @@ class AttachReport:
         for r in self.rows:
             by[r["module"]] = by.get(r["module"], 0) + 1
         what = ", ".join(f"{n} x{k}" for n, k in by.items()) or "nothing"
+        found = ", ".join(f"{k} {n}" for k, n in self.block_kinds.items())
         return (f"attached {what}: {self.added_params:,} parameters; stages (blocks each): "
-                f"{self.blocks_per_stage}; identity at insertion: {self.identity}")
+                f"{self.blocks_per_stage} ({found}; dry pass {self.dry_run_size} px); identity at insertion: "
+                f"{self.identity}")
 
 
 # --- selection ---
@@ -266,55 +251,91 @@ class AttachReport:
 Where = Any  # None | "all" | rule name | {stage: indices} | [stages] | callable(name, module) -> bool
 
 
-def _select_blocks(blocks: list[Block], counts: list[int], where: Where, default_rule: Any) -> list[Block]:
-    if callable(where) and not isinstance(where, str):
-        return [b for b in blocks if where(b.name, b.module)]
-    if where is None or isinstance(where, str):
-        chosen = resolve_placement(default_rule if where is None else where)(counts)
-    elif isinstance(where, dict):
-        chosen = set()
+def _int(v: Any, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"attach where: {what} must be an int, got {v!r} ({type(v).__name__})")
+    return v
+
+
+def _check_where(where: Where, counts: list[int]) -> set[tuple[int, int]] | None:
+    """Validated ``where`` -> chosen (stage, block) pairs, 0-based (None for a rule or a callable)."""
+    if where is None or callable(where) and not isinstance(where, str):
+        return None
+    if isinstance(where, str):
+        return None  # a placement rule, resolved by name (unknown names are refused there)
+    shape = f"this model has stages 1..{len(counts)} with {counts} blocks"
+    chosen: set[tuple[int, int]] = set()
+    if isinstance(where, dict):
         for stage, idxs in where.items():
-            if not 1 <= int(stage) <= len(counts):
-                raise ValueError(f"attach where: stage {stage} does not exist; this model has stages 1..{len(counts)} "
-                                 f"with {counts} blocks")
-            n = counts[int(stage) - 1]
-            for i in (range(n) if idxs == "all" else [idxs] if isinstance(idxs, int) else idxs):
+            s = _int(stage, "a stage")
+            if not 1 <= s <= len(counts):
+                raise ValueError(f"attach where: stage {s} does not exist; {shape}")
+            n = counts[s - 1]
+            if idxs == "all":
+                idxs = list(range(n))
+            elif isinstance(idxs, str):
+                raise ValueError(f"attach where: stage {s} takes 'all', a block index or a list of them, got {idxs!r}")
+            elif not isinstance(idxs, (list, tuple, range)):
+                idxs = [idxs]
+            for i in idxs:
+                i = _int(i, f"a block index of stage {s}")
                 if not -n <= i < n:
-                    raise ValueError(f"attach where: stage {stage} has {n} blocks, index {i} is out of range")
-                chosen.add((int(stage) - 1, i % n))
-    elif isinstance(where, (list, tuple)):
-        bad = [s for s in where if not 1 <= int(s) <= len(counts)]
-        if bad:
-            raise ValueError(f"attach where: stages {bad} do not exist; this model has stages 1..{len(counts)}")
-        chosen = {(int(s) - 1, b) for s in where for b in range(counts[int(s) - 1])}
-    else:
-        raise ValueError(f"attach where must be None, 'all', a rule name, {{stage: [blocks]}}, a list of stages or a "
-                         f"callable(name, module) -> bool; got {where!r}")
+                    raise ValueError(f"attach where: stage {s} has {n} blocks, index {i} is out of range")
+                chosen.add((s - 1, i % n))
+        return chosen
+    if isinstance(where, (list, tuple)):
+        for s in where:
+            s = _int(s, "a stage")
+            if not 1 <= s <= len(counts):
+                raise ValueError(f"attach where: stage {s} does not exist; {shape}")
+            chosen |= {(s - 1, b) for b in range(counts[s - 1])}
+        return chosen
+    raise ValueError(f"attach where must be None, 'all', a rule name, {{stage: [blocks]}}, a list of stages or a "
+                     f"callable(name, module) -> bool; got {where!r}")
+
+
+def _select_blocks(blocks: list[Block], counts: list[int], where: Where, default_rule: Any) -> list[Block]:
+    chosen = _check_where(where, counts)
+    if chosen is None:
+        if callable(where) and not isinstance(where, str):
+            return [b for b in blocks if where(b.name, b.module if b.module is not None else b.target)]
+        chosen = resolve_placement(default_rule if where is None else where)(counts)
     return [b for b in blocks if (b.stage, b.index) in chosen]
 
 
-def _select_convs(model: nn.Module, conv_in: dict[nn.Module, tuple[int, int]], chosen_blocks: list[Block] | None,
-                  where: Where, min_kernel: int) -> list[tuple[str, nn.Conv2d]]:
-    """Plain ``nn.Conv2d`` layers (not inside convattn modules) that saw a map larger than 1 x 1 in the dry pass,
-    with a kernel of at least ``min_kernel``, inside ``chosen_blocks`` (None: anywhere) and accepted by a callable
-    ``where``."""
-    skip: set[int] = set()
-    for m in model.modules():
-        if isinstance(m, AttentionModule):  # never inside convattn's own modules
-            skip |= {id(c) for c in m.modules()}
-    out = []
-    prefixes = None if chosen_blocks is None else tuple(b.name + "." for b in chosen_blocks)
-    for name, m in model.named_modules():
-        if type(m) is not nn.Conv2d or id(m) in skip:
+@dataclass
+class _ConvSite:
+    name: str
+    conv: nn.Conv2d
+    in_hw: tuple[int, int]
+    in_block: bool
+    block: Block | None
+    first_in_block: bool
+
+
+def _conv_sites(p: Pass, blocks: list[Block]) -> list[_ConvSite]:
+    """Every ``nn.Conv2d`` (subclasses included, not inside convattn modules) that ran on a map larger than
+    1 x 1, in forward order, with the block it belongs to."""
+    named = [b for b in blocks if b.module is not None and b.name]
+    out: list[_ConvSite] = []
+    seen: set[int] = set()
+    first_of: set[int] = set()
+    for c in p.calls:
+        m = c.module
+        if not isinstance(m, nn.Conv2d) or isinstance(m, AWConv2d) or c.in_attention or c.name is None \
+                or id(m) in seen or len(c.in_shape) != 4:
             continue
-        hw = conv_in.get(m)
-        if hw is None or hw[0] * hw[1] <= 1 or max(m.kernel_size) < min_kernel:
+        seen.add(id(m))
+        hw = (c.in_shape[-2], c.in_shape[-1])
+        if hw[0] * hw[1] <= 1:
             continue
-        if callable(where) and not where(name, m):
-            continue
-        if prefixes is not None and not name.startswith(prefixes):
-            continue
-        out.append((name, m))
+        blk = next((b for b in named if c.name.startswith(b.name + ".")), None)
+        if blk is None:
+            blk = next((b for b in blocks if b.module is None and id(m) in b.convs), None)
+        first = blk is not None and id(blk) not in first_of
+        if first:
+            first_of.add(id(blk))
+        out.append(_ConvSite(c.name, m, hw, blk is not None, blk, first))
     return out
 
 
@@ -323,8 +344,13 @@ def _param_count(m: nn.Module, exclude: Iterable[nn.Parameter] = ()) -> int:
     return sum(p.numel() for p in m.parameters() if id(p) not in ex)
 
 
-def _split_parts(attn: str | None) -> tuple[list[str], list[str]]:
-    if attn is None or attn.strip().lower() in ("", "none"):
+def _split_parts(attn: Any) -> tuple[list[str], list[str]]:
+    if attn is None:
+        return [], []
+    if not isinstance(attn, str):
+        raise ValueError(f"attach: attn must be a registered attention name (e.g. 'se', 'se+gct') or None, got "
+                         f"{attn!r} ({type(attn).__name__})")
+    if attn.strip().lower() in ("", "none"):
         return [], []
     parts = split_attn_name(attn)
     pre = [p for p in parts if get_attn_spec(p).kind == "pre_conv"]
@@ -333,78 +359,261 @@ def _split_parts(attn: str | None) -> tuple[list[str], list[str]]:
     return [p for p in parts if p not in pre], pre
 
 
+def _per_stage(kwargs: dict[str, Any], stage: int, num_stages: int, what: str) -> dict[str, Any]:
+    """A list value with one entry per stage is taken per stage (e.g. ECA ``kernel_size=[3, 5, 5, 7]``)."""
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, list):
+            if len(v) != num_stages:
+                raise ValueError(f"attach: per-stage {what} option {k}={v} needs {num_stages} values (one per stage)")
+            v = v[stage] if stage >= 0 else v[0]
+        out[k] = v
+    return out
+
+
+def _configured(name: str, site: Site, kwargs: dict[str, Any]) -> dict[str, Any]:
+    spec = get_attn_spec(name)
+    return spec.configure(site, dict(kwargs)) if spec.configure is not None else dict(kwargs)
+
+
+def _aw_candidates(site: _ConvSite, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """AW options that may reproduce ``site.conv``: its own geometry, then TF "same" padding, then a fixed
+    padding read off its forward."""
+    c = site.conv
+    if type(c) is nn.Conv2d or "input_padding" in kwargs:
+        return [kwargs]
+    return [kwargs, {**kwargs, "input_padding": "same"}] + \
+        [{**kwargs, "input_padding": tuple(int(v) for v in pad)} for pad in _recorded_pads(c)]
+
+
+def _recorded_pads(conv: nn.Conv2d) -> list[tuple[int, ...]]:
+    pads = []
+    for m in conv.modules():
+        pad = getattr(m, "padding", None)
+        if m is not conv and isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)) and isinstance(pad, tuple) and len(pad) == 4:
+            pads.append(pad)
+    return pads
+
+
+@torch.no_grad()
+def _equivalent_aw(site: _ConvSite, kwargs: dict[str, Any]) -> AWConv2d:
+    """An AWConv2d computing exactly what ``site.conv`` computes (checked for subclasses; see the module
+    docstring)."""
+    c = site.conv
+    errors = []
+    for kw in _aw_candidates(site, kwargs):
+        aw = _aw_from_conv(c, kw)
+        if type(c) is nn.Conv2d:
+            return aw
+        ok = True
+        for dh in (0, 1):
+            h, w = max(site.in_hw[0], 3) + dh, max(site.in_hw[1], 3) + dh
+            x = torch.randn(2, c.in_channels, h, w, generator=torch.Generator().manual_seed(dh),
+                            dtype=torch.float64).to(device=c.weight.device, dtype=c.weight.dtype)
+            modes = (c.training, aw.training)
+            c.eval(), aw.eval()
+            try:
+                ref, got = c(x), aw(x)
+            except Exception as e:  # noqa: BLE001 - a candidate that cannot run is no match
+                errors.append(f"{type(e).__name__}: {e}")
+                ok = False
+                break
+            finally:
+                c.train(modes[0]), aw.train(modes[1])
+            tol = 1e-4 if c.weight.dtype == torch.float32 else 1e-2
+            if ref.shape != got.shape or (ref - got).abs().max() > tol * max(1.0, ref.abs().max().item()):
+                ok = False
+                break
+        if ok:
+            return aw
+    raise ValueError(f"{site.name} ({type(c).__name__}) is a convolution that computes more than a padding and a "
+                     "convolution (e.g. weight standardisation); an AW-convolution cannot replace it exactly")
+
+
+def _aw_from_conv(c: nn.Conv2d, kwargs: dict[str, Any]) -> AWConv2d:
+    if "mode" in kwargs and kwargs["mode"] != "full_g":
+        return AWConv2d.from_conv(c, **kwargs)
+    try:  # the grouped generator (full_g) where its divisibility holds, else full
+        return AWConv2d.from_conv(c, **{**kwargs, "mode": "full_g"})
+    except ValueError:
+        if kwargs.get("mode") == "full_g":
+            raise
+        return AWConv2d.from_conv(c, **{**kwargs, "mode": "full"})
+
+
+# --- attach ---
+
 def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *, where: Where = None,
            identity: bool = False, attn_kwargs: dict[str, Any] | None = None,
-           conv_kwargs: dict[str, Any] | None = None, dry_run_size: int = 64) -> nn.Module:
+           conv_kwargs: dict[str, Any] | None = None, dry_run_size: int | None = None,
+           gct_placement: str = "every_conv", aw_convs: str = "kxk") -> nn.Module:
     """Insert convattn modules into ``model`` in place and return it; ``model.convattn_report`` says what went where.
 
     Args:
-        model: Any CNN built from recognised blocks (see :data:`BLOCK_RULES`; :func:`register_block` adds more).
+        model: Any CNN (an eager ``nn.Module``); its blocks and stages are read off one dry forward pass.
         attn: Registered attention name(s) joined with ``+`` (``"se"``, ``"steam"``, ``"gct"``, ``"se+gct"``).
         conv: ``"aw"`` replaces k x k convolutions (k > 1) by AWConv2d with the same weights.
         where: Which blocks (or convs) get modules: None (each module's default placement, e.g. STEAM's
             ``stage_ends``), ``"all"``, a placement rule name, ``{stage: [block indices] | "all"}`` (stages from
             1), a list of stages, or ``callable(name, module) -> bool`` (called with blocks for block-output
-            modules and with ``nn.Conv2d`` modules for GCT and AW).
+            modules and with convolutions for GCT and AW).
         identity: Start as the original network's function (see the module docstring).
-        attn_kwargs / conv_kwargs: Options of the attention modules / of AWConv2d.
-        dry_run_size: Input size of the dry pass that finds channels and stages (64 suits ImageNet CNNs).
+        attn_kwargs / conv_kwargs: Options of the attention modules / of AWConv2d; a list with one value per stage
+            is taken per stage (e.g. ECA ``{"kernel_size": [3, 5, 5, 7]}``).
+        dry_run_size: Input side of the dry pass (default: from the model, see :func:`network_pass`).
+        gct_placement: ``"every_conv"`` (GCT before every convolution, the official placement) or
+            ``"per_block"`` (before the first convolution of each block only).
+        aw_convs: ``"kxk"`` (alias ``"3x3"``: kernels larger than 1 x 1) or ``"all"`` (also the 1 x 1
+            convolutions inside blocks).
     """
-    if conv not in (None, "", "none", "aw"):
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"attach: model must be an nn.Module, got {type(model).__name__}")
+    if conv is not None and (not isinstance(conv, str) or conv not in ("", "none", "aw")):
         raise ValueError(f"Unknown conv {conv!r}. Valid: None or 'aw' (AWConv2d)")
+    conv = "aw" if conv == "aw" else None
     if conv_kwargs and conv != "aw":  # checked before anything is changed
         raise ValueError("attach: conv_kwargs configure AW-convolution; pass conv='aw' too")
+    for name, val in (("attn_kwargs", attn_kwargs), ("conv_kwargs", conv_kwargs)):
+        if val is not None and not isinstance(val, dict):
+            raise ValueError(f"attach: {name} must be a dict of options, got {val!r}")
+    if gct_placement not in ("every_conv", "per_block"):
+        raise ValueError(f"attach: gct_placement must be 'every_conv' or 'per_block', got {gct_placement!r}")
+    aw_convs = {"3x3": "kxk"}.get(aw_convs, aw_convs)
+    if aw_convs not in ("kxk", "all"):
+        raise ValueError(f"attach: aw_convs must be 'kxk' (alias '3x3') or 'all', got {aw_convs!r}")
+    if isinstance(where, float) or isinstance(where, bool):
+        raise ValueError(f"attach where must be None, 'all', a rule name, {{stage: [blocks]}}, a list of stages or a "
+                         f"callable(name, module) -> bool; got {where!r}")
     out_parts, pre_parts = _split_parts(attn)
     attn_kwargs = dict(attn_kwargs or {})
-    blocks = find_blocks(model)
-    if out_parts and not blocks:
-        kinds = sorted({type(m).__name__ for m in model.modules() if len(list(m.children())) > 1})[:12]
-        raise ValueError(f"attach: no residual block of a known type in {type(model).__name__} (container types "
-                         f"found: {', '.join(kinds)}); teach attach a block type with "
-                         "convattn.models.attach.register_block(BlockClass, 'attribute_of_the_branch_output')")
-    conv_in = _dry_pass(model, blocks, dry_run_size)
-    counts = _assign_stages(blocks)
-    report = AttachReport(blocks_per_stage=counts, identity=identity)
+    if not (out_parts or pre_parts or conv):
+        if attn_kwargs:
+            raise ValueError("attach: attn_kwargs given without an attention (attn=...)")
+        model.convattn_report = AttachReport(identity=identity)
+        return model
+    if isinstance(where, str) and where != "all":
+        resolve_placement(where)  # unknown rule names fail before the dry pass
+
+    p, blocks, notes = network_pass(model, dry_run_size)
+    counts = [sum(1 for b in blocks if b.stage == s) for s in range(max((b.stage for b in blocks), default=-1) + 1)]
+    num_stages = len(counts)
+    finest = min((b.reduction for b in blocks), default=1)
+    report = AttachReport(blocks_per_stage=counts, identity=identity, dry_run_size=p.size, notes=notes,
+                          block_kinds={k: sum(1 for b in blocks if b.kind == k) for k in dict.fromkeys(b.kind for b in blocks)})
     dd = dict(device=_device(model), dtype=_dtype(model))
+    plan: list[tuple[str, Any, nn.Module, dict[str, Any]]] = []  # (kind, target or conv name, module, row)
+    _check_where(where, counts)
+
+    def part(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except (ValueError, TypeError) as e:  # a bad option is a TypeError (unexpected keyword): kept as such
+            raise type(e)(f"attach: {what} cannot be inserted ({e}); the model was left unchanged") from e
 
     if out_parts:
         name = "+".join(out_parts)
-        rule = get_attn_spec(out_parts[0]).placement if len(out_parts) == 1 else "all"
+        spec = get_attn_spec(out_parts[0])
+        rule = spec.placement if len(out_parts) == 1 else "all"
         for b in _select_blocks(blocks, counts, where, rule):
-            m = create_attn(name, b.channels, **attn_kwargs).to(**dd)
-            if identity:
-                m = ResidualScale(m).to(**dd)
-            _attach_child(b.target, m, _ThenAttn)
-            report.rows.append(dict(kind="output", module=name, where=f"{b.target_name}.attn", channels=b.channels,
-                                    stage=b.stage, block=b.index, params=_param_count(m)))
-    # convolutions: inside the selected blocks when `where` picks stages/blocks; else every eligible one
-    chosen = _select_blocks(blocks, counts, where, "all") if isinstance(where, (dict, list, tuple)) else None
+            if _has_attn(b.target):
+                raise ValueError(f"attach: {b.target_name} already has an attention attached (or a child named "
+                                 "'attn'); attach each kind once")
+            site = Site("output", b.channels, b.reduction, b.stage, b.index, tuple(counts), finest)
+            kw = _per_stage(attn_kwargs, b.stage, num_stages, name)
+            for prt in out_parts:
+                kw = _configured(prt, site, kw)
+            if len(out_parts) == 1 and spec.inplace_ok and not identity and b.consumers == 1 and b.kind != "stage":
+                kw.setdefault("inplace", True)  # the branch output is a temporary: gate it in place in inference
+
+            def build(kw=kw, b=b) -> nn.Module:
+                m = create_attn(name, b.channels, **kw).to(**dd)
+                return ResidualScale(m).to(**dd) if identity else m
+            m = part(f"{name} at {b.target_name}", build)
+            plan.append(("output", b.target, m, dict(kind="output", module=name, where=f"{b.target_name}.attn",
+                                                     channels=b.channels, stage=b.stage, block=b.index,
+                                                     params=_param_count(m))))
+    chosen_blocks = None
+    if isinstance(where, (dict, list, tuple)):
+        chosen_blocks = {id(b) for b in _select_blocks(blocks, counts, where, "all")}
+
+    def conv_selected(s: _ConvSite) -> bool:
+        if callable(where) and not isinstance(where, str) and not where(s.name, s.conv):
+            return False
+        return chosen_blocks is None or (s.block is not None and id(s.block) in chosen_blocks)
+
+    sites = _conv_sites(p, blocks)
     if pre_parts:
-        kw = attn_kwargs if not out_parts else {}
-        for cname, c in _select_convs(model, conv_in, chosen, where, 1):
-            m = create_attn(pre_parts[0], c.in_channels, **kw).to(**dd)
-            _attach_child(c, m, _AttnThen)
-            report.rows.append(dict(kind="pre_conv", module=pre_parts[0], where=f"{cname}.attn",
-                                    channels=c.in_channels, stage=-1, block=-1, params=_param_count(m)))
+        kw_all = attn_kwargs if not out_parts else {}
+        for s in sites:
+            if not conv_selected(s) or (gct_placement == "per_block" and not s.first_in_block):
+                continue
+            if _has_attn(s.conv):
+                raise ValueError(f"attach: {s.name} already has an attention attached; attach each kind once")
+            stage = s.block.stage if s.block is not None else -1
+            site = Site("pre_conv", s.conv.in_channels, p.reduction((1, 1, *s.in_hw)), stage,
+                        s.block.index if s.block is not None else -1, tuple(counts), finest)
+            kw = _configured(pre_parts[0], site, _per_stage(kw_all, max(stage, 0), num_stages, pre_parts[0]))
+            m = part(f"{pre_parts[0]} before {s.name}",
+                     lambda kw=kw, s=s: create_attn(pre_parts[0], s.conv.in_channels, **kw).to(**dd))
+            plan.append(("pre_conv", s.conv, m, dict(kind="pre_conv", module=pre_parts[0], where=f"{s.name}.attn",
+                                                     channels=s.conv.in_channels, stage=-1, block=-1,
+                                                     params=_param_count(m))))
     if conv == "aw":
+        if any(isinstance(m, AWConv2d) for m in model.modules()):
+            raise ValueError(f"attach: {type(model).__name__} already has AW-convolutions; attach conv='aw' once")
+        has_blocks = any(b.kind != "stage" for b in blocks)
+        first_conv = sites[0].conv if sites else None
         ckw = dict(conv_kwargs or {})
-        for cname, c in _select_convs(model, conv_in, blocks if chosen is None else chosen, where, 2):
-            aw = _aw_from_conv(c, ckw)
-            parent_name, _, leaf = cname.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, leaf, aw)
-            report.rows.append(dict(kind="conv", module="aw", where=cname, channels=c.out_channels, stage=-1,
-                                    block=-1, params=_param_count(aw, [aw.weight] + ([aw.bias] if aw.bias is not None else []))))
-    if not report.rows and (out_parts or pre_parts or conv):
+        for s in sites:
+            kmin = 1 if aw_convs == "all" else 2
+            if max(s.conv.kernel_size) < kmin or not conv_selected(s):
+                continue
+            if has_blocks and not s.in_block or (not has_blocks and s.conv is first_conv):
+                continue  # the stem (and layers outside blocks) stay plain
+            if _has_attn(s.conv):
+                raise ValueError(f"attach: {s.name} already has a pre-convolution attention from an earlier attach; "
+                                 "attach conv='aw' before it, or both in one call (attn='gct', conv='aw')")
+            site = Site("conv", s.conv.out_channels, p.reduction((1, 1, *s.in_hw)), -1, -1, tuple(counts), finest)
+            kw = _configured("aw", site, ckw)
+            aw = part(f"aw at {s.name}", lambda kw=kw, s=s: _equivalent_aw(s, kw))
+            plan.append(("conv", s.name, aw, dict(kind="conv", module="aw", where=s.name, channels=s.conv.out_channels,
+                                                  stage=-1, block=-1, params=_param_count(aw, [aw.weight] + (
+                                                      [aw.bias] if aw.bias is not None else [])))))
+    if not plan:
         raise ValueError(f"attach: nothing was inserted into {type(model).__name__} (where={where!r} selected no "
                          f"block or convolution; stages have {counts} blocks)")
+    _apply(model, plan)
+    report.rows = [row for *_, row in plan]
     model.convattn_report = report
     return model
 
 
-def _aw_from_conv(c: nn.Conv2d, kwargs: dict[str, Any]) -> AWConv2d:
-    if "mode" in kwargs:
-        return AWConv2d.from_conv(c, **kwargs)
-    try:  # the grouped generator (full_g) where its divisibility holds, else full
-        return AWConv2d.from_conv(c, mode="full_g", **kwargs)
-    except ValueError:
-        return AWConv2d.from_conv(c, mode="full", **kwargs)
+def _apply(model: nn.Module, plan: list[tuple[str, Any, nn.Module, dict[str, Any]]]) -> None:
+    """Change the network (nothing here can fail for a plan that was built)."""
+    gct_of: dict[int, nn.Module] = {}
+    for kind, target, m, _ in plan:
+        if kind == "pre_conv":
+            gct_of[id(target)] = m
+    for kind, target, m, row in plan:
+        if kind == "output":
+            _attach_child(target, m, _ThenAttn)
+        elif kind == "conv":
+            old = model.get_submodule(target)
+            pre = gct_of.pop(id(old), None)
+            if pre is not None:  # GCT in front of a convolution that AW replaces: it stays in front
+                _attach_child(m, pre, _AttnThen)
+            parent_name, _, leaf = target.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, leaf, m)
+    for kind, target, m, _ in plan:
+        if kind == "pre_conv" and id(target) in gct_of:
+            _attach_child(target, m, _AttnThen)
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _dtype(model: nn.Module) -> torch.dtype:
+    p = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return p.dtype if p is not None else torch.float32

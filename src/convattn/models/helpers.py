@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-__all__ = ["LoadReport", "load_pretrained", "added_keys", "classifier_names"]
+__all__ = ["LoadReport", "load_pretrained", "added_keys", "classifier_names", "upgrade_keys"]
 
 
 @dataclass
@@ -34,6 +34,21 @@ class LoadReport:
                 shown = ", ".join(keys[:8]) + (f", ... (+{len(keys) - 8})" if len(keys) > 8 else "")
                 lines.append(f"  {title}: {shown}")
         return "\n".join(lines)
+
+
+def upgrade_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state_dict`` with the keys of older convattn versions renamed to ``model``'s (documented key maps: see
+    ``convattn.models.resnet.upgrade_state_dict``); every other key unchanged."""
+    from .resnet import ResNet, upgrade_state_dict
+    out = dict(state_dict)
+    for prefix, m in model.named_modules():
+        if isinstance(m, ResNet):
+            pre = f"{prefix}." if prefix else ""
+            mine = {k[len(pre):]: v for k, v in out.items() if k.startswith(pre)}
+            if mine:
+                out = {**{k: v for k, v in out.items() if not k.startswith(pre)},
+                       **{pre + k: v for k, v in upgrade_state_dict(mine, m.block).items()}}
+    return out
 
 
 def added_keys(model: nn.Module) -> set[str]:
@@ -143,6 +158,7 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
     ``strict=True`` raises for any missing, unexpected or mismatched key. Nothing is loaded when it raises.
     ``source`` names the weights and ``partial_option`` the option that allows a partial load, in messages.
     """
+    state_dict = upgrade_keys(model, state_dict)  # keys of older convattn versions
     own = model.state_dict()
     report = LoadReport()
     to_load = {}

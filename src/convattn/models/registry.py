@@ -7,9 +7,10 @@ from typing import Any, Callable
 from torch import nn
 
 from ..layers.create_attn import get_attn_spec, split_attn_name
+from .attach import attach
 from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name, load_state_file
 from .helpers import load_pretrained
-from .resnet import BasicBlock, Bottleneck, ResNet
+from .resnet import BasicBlock, Bottleneck, ResNet, upgrade_state_dict
 
 __all__ = ["create_model", "default_data_cfg", "list_models", "register_model", "parse_variant", "Variant", "variant_name", "DEFAULT_VARIANTS"]
 
@@ -134,29 +135,62 @@ def create_model(name: str, variant: str | None = None, pretrained: bool = False
     return model
 
 
-def _imagenet(block: type[nn.Module], layers: tuple[int, ...], **defaults: Any) -> Callable[..., nn.Module]:
+# ECA kernel sizes per stage of the released ECA-Net50 / ECA-Net101 (BangguWu/ECANet, k_size=[3, 5, 5, 7])
+ECA_RELEASED_KERNELS = (3, 5, 5, 7)
+
+# create_model options that say which modules go in (everything else builds the network)
+_ATTACH_OPTIONS = ("attn", "conv", "attn_kwargs", "conv_kwargs", "attn_blocks", "identity", "gct_placement",
+                   "aw_convs", "eca_kernels")
+
+
+def _eca_kernels(rule: Any, num_stages: int) -> list[int] | None:
+    """Per-stage ECA kernel sizes: ``"adaptive"`` (None: each module's formula from its channels), ``"released"``
+    (the released ECA-Net50/101's 3, 5, 5, 7) or an explicit list."""
+    if rule == "adaptive":
+        return None
+    ks = ECA_RELEASED_KERNELS if rule == "released" else rule
+    if isinstance(ks, str) or not isinstance(ks, (list, tuple)) or len(ks) != num_stages:
+        raise ValueError(f"eca_kernels must be 'adaptive', 'released' (3, 5, 5, 7; 4-stage ResNets) or {num_stages} "
+                         f"odd sizes, one per stage; got {rule!r}")
+    return [int(k) for k in ks]
+
+
+def _with_attention(model: ResNet, opts: dict[str, Any], eca_default: str) -> nn.Module:
+    """The plain ResNet + ``attach`` (the one way attention goes into any network), initialised as one network."""
+    attn, conv = opts.get("attn"), opts.get("conv")
+    attn_kwargs = dict(opts.get("attn_kwargs") or {})
+    eca = _eca_kernels(opts.get("eca_kernels", eca_default), model.num_stages)
+    if isinstance(attn, str) and attn.strip().lower() == "eca" and eca is not None and "kernel_size" not in attn_kwargs:
+        attn_kwargs["kernel_size"] = eca
+    if not (attn and str(attn).strip().lower() != "none") and not (conv and conv != "none"):
+        if attn_kwargs or opts.get("conv_kwargs"):
+            raise ValueError("attn_kwargs/conv_kwargs given without a module (attn=... / conv='aw')")
+        return model
+    attach(model, attn, conv, where=opts.get("attn_blocks"), identity=bool(opts.get("identity", False)),
+           attn_kwargs=attn_kwargs or None, conv_kwargs=opts.get("conv_kwargs"),
+           gct_placement=opts.get("gct_placement", "every_conv"), aw_convs=opts.get("aw_convs", "kxk"),
+           dry_run_size=32 if model.stem == "cifar" else 64)
+    if not opts.get("identity"):
+        model.init_weights()  # attached modules initialised as the network's own layers (timm's SE-ResNets do so)
+    return model
+
+
+def _resnet_builder(block: type[nn.Module], layers: tuple[int, ...], eca_default: str = "adaptive",
+                    **defaults: Any) -> Callable[..., nn.Module]:
     def build(**kwargs: Any) -> nn.Module:
-        return ResNet(block, layers, **{**defaults, **kwargs})
+        opts = {k: kwargs.pop(k) for k in _ATTACH_OPTIONS if k in kwargs}
+        return _with_attention(ResNet(block, layers, **{**defaults, **kwargs}), opts, eca_default)
     return build
 
 
-def _cifar(depth: int) -> Callable[..., nn.Module]:
-    n = (depth - 2) // 6
-    defaults = dict(num_classes=10, stem="cifar", widths=(16, 32, 64), shortcut="A")
-
-    def build(**kwargs: Any) -> nn.Module:
-        return ResNet(BasicBlock, (n, n, n), **{**defaults, **kwargs})
-    return build
-
-
-_RELEASED_ECA = dict(eca_kernels="released")  # ECA-Net50/101 were released with k = 3, 5, 5, 7 per stage
-for _name, _block, _layers, _defaults in (
-        ("resnet18", BasicBlock, (2, 2, 2, 2), {}), ("resnet34", BasicBlock, (3, 4, 6, 3), {}),
-        ("resnet50", Bottleneck, (3, 4, 6, 3), _RELEASED_ECA), ("resnet101", Bottleneck, (3, 4, 23, 3), _RELEASED_ECA),
-        ("resnet152", Bottleneck, (3, 8, 36, 3), {})):
-    register_model(_name)(_imagenet(_block, _layers, **_defaults))
+for _name, _block, _layers, _eca in (
+        ("resnet18", BasicBlock, (2, 2, 2, 2), "adaptive"), ("resnet34", BasicBlock, (3, 4, 6, 3), "adaptive"),
+        ("resnet50", Bottleneck, (3, 4, 6, 3), "released"), ("resnet101", Bottleneck, (3, 4, 23, 3), "released"),
+        ("resnet152", Bottleneck, (3, 8, 36, 3), "adaptive")):  # ECA-Net50/101 were released with k = 3, 5, 5, 7
+    register_model(_name)(_resnet_builder(_block, _layers, _eca))
 for _depth in (20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}")(_cifar(_depth))
+    register_model(f"resnet{_depth}")(_resnet_builder(
+        BasicBlock, ((_depth - 2) // 6,) * 3, num_classes=10, stem="cifar", widths=(16, 32, 64), shortcut="A"))
 
 
 def default_data_cfg(name: str) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""Check ``attach`` on a network: what went in, whether it starts as the identity, trains and round-trips.
+
+:func:`verify_attach` is what the coverage table (``benchmarks/attach_coverage.py``) and the test suite run on
+every architecture, and what a user can run on their own network before training it::
+
+    from convattn.models.verify import verify_attach
+    print(verify_attach(lambda: MyNet(num_classes=10), "se"))
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from .attach import attach
+
+__all__ = ["verify_attach", "VERIFY_COLUMNS"]
+
+VERIFY_COLUMNS = ("status", "inserted", "params", "identity_eval", "identity_train", "train_step", "round_trip",
+                  "stages", "found", "reason")
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+def _logits(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return _logits(out[0])
+    for attr in ("logits", "out"):
+        if hasattr(out, attr):
+            return getattr(out, attr)
+    if isinstance(out, dict):
+        return _logits(next(iter(out.values())))
+    raise TypeError(f"cannot read logits from a {type(out).__name__}")
+
+
+def _run(model: nn.Module, x: torch.Tensor, train: bool, seed: int = 0) -> torch.Tensor:
+    model.train(train)
+    torch.manual_seed(seed)  # dropout / drop path draw the same masks in both networks
+    return _logits(model(x))
+
+
+def _spread(model: nn.Module) -> None:
+    """Norm weights away from 0 (timm zero-initialises a block's last BN, which would hide any gate)."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase) and getattr(m, "weight", None) is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+
+
+def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv: str | None = None,
+                  input_size: int = 64, in_chans: int = 3, tol: float = 1e-5, **attach_kwargs: Any) -> dict[str, Any]:
+    """One row of the coverage table for ``attach(build(), attn, conv)``.
+
+    ``status`` is ``"ok"`` (every check held), ``"failed"`` (a check did not hold: a bug) or ``"refused"``
+    (``attach`` raised a ValueError, given in ``reason``). Checks: modules inserted (count, parameters added);
+    identity at insertion with ``identity=True`` (relative difference of the logits, eval and train mode, at most
+    ``tol``); one SGD step without the identity form moves inserted parameters (``moved/total`` tensors); the
+    attached state dict loads strictly into a fresh attach of the same network and gives the same logits.
+    """
+    row: dict[str, Any] = {k: "" for k in VERIFY_COLUMNS}
+    torch.manual_seed(0)
+    base = build()
+    _spread(base)
+    x = torch.randn(2, in_chans, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    try:
+        m = attach(copy.deepcopy(base), attn, conv, identity=True, **attach_kwargs)
+    except ValueError as e:
+        row.update(status="refused", reason=str(e).splitlines()[0][:300])
+        return row
+    rep = m.convattn_report
+    row.update(inserted=rep.count(), params=rep.added_params, stages=rep.blocks_per_stage,
+               found=", ".join(f"{k} {n}" for k, n in rep.block_kinds.items()))
+    failures = []
+    with torch.no_grad():
+        ref = copy.deepcopy(base)
+        for mode, key in ((False, "identity_eval"), (True, "identity_train")):
+            r = _rel(_run(m, x, mode), _run(ref, x, mode))
+            row[key] = f"{r:.1e}"
+            if not r <= tol:
+                failures.append(f"{key} {r:.1e}")
+    # a training step without the identity form
+    torch.manual_seed(0)
+    t = attach(copy.deepcopy(base), attn, conv, **attach_kwargs)
+    inserted = _inserted_params(t, base)
+    before = {n: p.detach().clone() for n, p in t.named_parameters() if n in inserted}
+    opt = torch.optim.SGD(t.parameters(), lr=1e-3)
+    t.train()
+    out = _logits(t(x)).float()
+    loss = nn.functional.cross_entropy(out, torch.zeros(len(x), dtype=torch.long)) if out.ndim == 2 \
+        else out.pow(2).mean()  # a feature extractor: any loss that reaches every output
+    loss.backward()
+    opt.step()
+    moved = sum(1 for n, p in t.named_parameters() if n in before and not torch.equal(p.detach(), before[n]))
+    row["train_step"] = f"{moved}/{len(before)}"
+    if not torch.isfinite(loss) or moved == 0:
+        failures.append(f"train step (loss {loss.item():.3g}, {moved} moved)")
+    # state dict round trip
+    fresh = attach(copy.deepcopy(base), attn, conv, **attach_kwargs)
+    try:
+        fresh.load_state_dict(t.state_dict())
+        with torch.no_grad():
+            a, b = _run(fresh, x, False), _run(t, x, False)
+        same = bool(torch.isfinite(b).all()) and torch.equal(a, b)
+        row["round_trip"] = "ok" if same else "differs"
+        if not same:
+            failures.append("round trip differs")
+    except RuntimeError as e:
+        row["round_trip"] = "fails"
+        failures.append(f"round trip: {str(e).splitlines()[0][:120]}")
+    row["status"] = "failed" if failures else "ok"
+    row["reason"] = "; ".join(failures)
+    return row
+
+
+def _inserted_params(model: nn.Module, base: nn.Module) -> set[str]:
+    """Names of parameters the attach added (keys the base network does not have)."""
+    own = set(base.state_dict())
+    return {n for n, _ in model.named_parameters() if n not in own}
