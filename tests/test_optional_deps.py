@@ -25,7 +25,6 @@ CORE_SCRIPT = textwrap.dedent("""
     import convattn.analysis, convattn.cli, convattn.detection, convattn.export, convattn.models.pretrained
     import convattn.profile, convattn.study
     from convattn.cli import main
-    from convattn.optional import MissingExtra
     with contextlib.redirect_stdout(io.StringIO()) as help_text:
         try:
             main(["--help"])
@@ -42,17 +41,16 @@ CORE_SCRIPT = textwrap.dedent("""
         losses.append(loss.item())
     out["losses"] = losses
     def cli(argv):
-        err = io.StringIO()
-        try:
-            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-                rc = main(argv)
-            text = err.getvalue()
-        except MissingExtra as e:  # the CLI does not report this one in a line of its own (yet)
-            rc, text = "raised", str(e)
-        return rc, (text.strip().splitlines() or [""])[-1]
+        err, std = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):
+            rc = main(argv)
+        return rc, err.getvalue().strip().splitlines(), std.getvalue()
     tmp = sys.argv[1]
-    out["export_onnx"] = cli(["export", "--model", "resnet20", "--formats", "onnx", "--out", tmp])
-    out["export_torchscript"] = cli(["export", "--model", "resnet20", "--formats", "torchscript", "--out", tmp])
+    out["export_onnx"] = cli(["export", "--model", "resnet20", "--formats", "onnx", "--out", tmp])[:2]
+    out["export_torchscript"] = cli(["export", "--model", "resnet20", "--formats", "torchscript", "--out", tmp])[:2]
+    rc, _, printed = cli(["train", "--epochs", "1", "--train-size", "64", "--batch-size", "32", "--quiet",
+                          "--threads", "1", "--out", tmp + "/run"])
+    out["train"] = rc, [l for l in printed.splitlines() if "curves.png" in l]
     out["loaded"] = sorted(n for n in {optional!r} if sys.modules.get(n) is not None)
     print("RESULT " + json.dumps(out))
 """)
@@ -67,10 +65,15 @@ def test_core_without_any_optional_package(tmp_path):
     out = json.loads(lines[-1][len("RESULT "):])
     assert out["help_exit"] == 0 and out["help_has_commands"]
     assert len(out["losses"]) == 2 and all(l == l and l < 1e3 for l in out["losses"])  # finite
-    rc, line = out["export_onnx"]
-    assert rc != 0 and "ONNX export needs the optional package onnx: pip install 'convattn[export]'" in line, line
+    rc, err = out["export_onnx"]  # one line, no traceback
+    assert rc == 2 and err == ["convattn export: error: ONNX export needs the optional package onnx: pip install "
+                               "'convattn[export]' (--debug shows the traceback)"], err
     assert out["export_torchscript"][0] == 0, out["export_torchscript"]
     assert (tmp_path / "resnet20_none.pt").is_file()
+    rc, notes = out["train"]  # trains to the end; the curves are left out with one line
+    assert rc == 0 and (tmp_path / "run" / "final.json").is_file() and not (tmp_path / "run" / "curves.png").exists()
+    assert len(notes) == 1 and notes[0].endswith("needs the optional package matplotlib: pip install "
+                                                 "'convattn[plots]'"), notes
     assert out["loaded"] == []
 
 

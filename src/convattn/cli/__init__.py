@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures caused by the input, the files or the machine: reported in one line (``--debug``: traceback)."""
-    errors: list[type[BaseException]] = [ValueError, OSError, FloatingPointError, MemoryError]
+    from ..optional import MissingExtra  # an optional package a feature needs: the line names the extra to install
+    errors: list[type[BaseException]] = [ValueError, OSError, FloatingPointError, MemoryError, MissingExtra]
     try:
         from PIL import Image
         errors.append(Image.DecompressionBombError)

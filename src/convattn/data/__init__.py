@@ -5,7 +5,7 @@ Nothing is ever downloaded: every source is a package resource or a local folder
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ class DataBundle:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     folder_cfg: FolderDataConfig | None = None  # how a folder's images are read (None for tensor data sets)
+    source: dict[str, str] = field(default_factory=dict)  # tensor data sets: where size/mean/channels came from
 
 
 def list_datasets() -> list[str]:
@@ -85,12 +86,18 @@ def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None
                eval_batch_size: int | None = None, seed: int = 0, rank: int = 0, world_size: int = 1,
                workers: int = 2, train_size: int | None = None, image_size: int | None = None,
                pad: int | None = None, flip: bool = True, model_cfg: dict[str, Any] | None = None,
-               pretrained: bool = False) -> DataBundle:
+               pretrained: bool = False, rgb: bool = False,
+               norm: tuple[tuple[float, ...], tuple[float, ...], str] | None = None) -> DataBundle:
     """Build train/val loaders for a named data set (see ``DATASETS``).
 
     For a folder, the input pipeline is resolved from the images and ``model_cfg`` (the model's data cfg,
     ``convattn.models.default_data_cfg``; ImageNet's if None) as :func:`resolve_folder_data_config` describes;
     ``pretrained`` keeps the model's normalisation and three channels.
+
+    For the in-memory data sets (embedded, fashion-mnist, cifar*): ``image_size`` resizes every batch (bilinear,
+    after the augmentation at the images' own size; default: the images' size), ``rgb`` makes grey images three
+    identical channels, and ``norm`` = (mean, std, where they come from) replaces the normalisation with the
+    training images' own statistics (one value serves every channel).
     """
     key = resolve_name(name)
     eval_batch_size = eval_batch_size or batch_size
@@ -121,17 +128,31 @@ def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None
             raise ValueError(f"--train-size {train_size} must be in 1..{len(ytr)} for {key}")
         keep = stratified_subset(ytr, train_size, seed=0)
         xtr, ytr = xtr[keep], ytr[keep]
-    mean, std = _stats(xtr)
-    in_chans = 1 if xtr.ndim == 3 else xtr.shape[-1]
-    size = xtr.shape[1]
-    if image_size not in (None, size):
-        raise ValueError(f"{key} images are {size}x{size}; --image-size {image_size} is not supported for it")
-    pad = (2 if size <= 28 else 4) if pad is None else pad
-    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size)
+    own_chans = 1 if xtr.ndim == 3 else xtr.shape[-1]
+    in_chans = 3 if rgb and own_chans == 1 else own_chans
+    native = xtr.shape[1]
+    size = native if image_size is None else int(image_size)
+    src = {"input_size": f"images {native}x{native}" if image_size is None else
+           f"--image-size (images {native}x{native}, resized per batch)"}
+    src["channels"] = "grey images as 3 channels" if in_chans != own_chans else \
+        ("grey images" if own_chans == 1 else "colour images")
+    if norm is None:
+        mean, std = _stats(xtr)
+        src["mean"] = f"{len(ytr):,} training images"
+    else:
+        mean, std, src["mean"] = tuple(norm[0]), tuple(norm[1]), norm[2]
+    if len(mean) != in_chans:
+        if len(mean) != 1:
+            raise ValueError(f"normalisation with {len(mean)} channel values ({src['mean']}) for {in_chans}-channel "
+                             f"{key} images")
+        mean, std = mean * in_chans, std * in_chans
+    pad = (2 if native <= 28 else 4) if pad is None else pad
+    common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, size=size,
+                  rgb=in_chans != own_chans)
     train = TensorLoader(xtr, ytr, batch_size, True, pad=pad, flip=flip, **common)
     val = TensorLoader(xte, yte, eval_batch_size, False, **common)
     num_classes = int(max(ytr.max(), yte.max())) + 1
-    return DataBundle(key, train, val, num_classes, in_chans, size, list(classes), mean, std)
+    return DataBundle(key, train, val, num_classes, in_chans, size, list(classes), mean, std, source=src)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")

@@ -48,13 +48,16 @@ class TensorLoader(_EpochLoader):
         images, labels: The data set.
         batch_size: Global batch size (split across ranks).
         train: Shuffle, drop the last partial batch and augment (random crop after zero padding, h-flip).
-        mean, std: Per-channel normalisation (on the 0..1 scale).
+        mean, std: Per-channel normalisation (on the 0..1 scale) of the batches as yielded.
         pad, flip: Augmentation settings (pad 0 disables the crop).
+        size: Resize every batch to ``size`` x ``size`` (bilinear, after the augmentation; antialiased when
+            shrinking); None keeps the images' size.
+        rgb: Yield grey images as three identical channels (timm's convention for RGB-pretrained stems).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int, train: bool,
                  mean: tuple[float, ...], std: tuple[float, ...], pad: int = 0, flip: bool = False, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, size: int | None = None, rgb: bool = False) -> None:
         if images.ndim == 3:
             images = images[..., None]
         if images.ndim != 4 or len(images) != len(labels):
@@ -73,6 +76,8 @@ class TensorLoader(_EpochLoader):
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
         self.pad, self.flip, self.seed = pad, flip, seed
         self.rank, self.world_size = rank, world_size
+        self.size = size if size is not None and tuple(self.images.shape[-2:]) != (size, size) else None
+        self.rgb = rgb and self.images.shape[1] == 1
 
     @property
     def num_samples(self) -> int:
@@ -109,6 +114,11 @@ class TensorLoader(_EpochLoader):
                 x, yb = x[sl], self.labels[idx][sl]
             else:
                 yb = self.labels[idx]
+            if self.size is not None:
+                x = torch.nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear",
+                                                    align_corners=False, antialias=self.size < x.shape[-1])
+            if self.rgb:
+                x = x.expand(-1, 3, -1, -1)
             yield (x - self.mean) / self.std, yb
 
 

@@ -47,6 +47,9 @@ class Task(Protocol):
     def epoch_line(self, row: dict[str, Any]) -> str:
         """One printed line per finished epoch."""
 
+    # optional: ``begin_epoch(epoch) -> nn.Module | None``, called after the model is put in training mode at the
+    # start of every epoch (e.g. to freeze part of it); a module returned replaces the one the loop calls
+
 
 @dataclass
 class RunState:
@@ -142,6 +145,9 @@ class Loop:
             for epoch in range(state.start_epoch, last_epoch + 1):
                 torch.manual_seed(self.seed * 100_003 + epoch)  # dropout and other in-model randomness, per epoch
                 self.net.train()
+                begin = getattr(task, "begin_epoch", None)
+                if begin is not None:
+                    self.net = begin(epoch) or self.net
                 bar_task = bar.add(f"{task.name} ep {epoch}/{self.epochs}", task.steps_per_epoch)
                 sums: torch.Tensor | None = None
                 lr = self.opt.param_groups[0]["lr"]

@@ -25,6 +25,7 @@ from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
 from ..engine.checkpoint import latest_checkpoint, load_run_weights, read_run_config, run_lock
 from ..engine.common import autocast, check_finite, seed_all
 from ..engine.distributed import DistInfo, all_reduce_sum, distributed_session, init_distributed
+from ..engine.freeze import Freeze, new_parameter_names
 from ..engine.optim import check_attn_lr_mult, check_wd_exclude, param_groups
 from ..report import atomic_write_text, save_figure
 from ..validate import ConfigError, check_values, option
@@ -120,6 +121,17 @@ class TrainConfig:
     pretrained_partial: bool = option(False, "with --pretrained-path: load only the tensors that match when the file "
                                       "does not hold every tensor of the plain network (another network's weights); "
                                       "without it such a file is refused")
+    identity: bool = option(False, "attach attention in the identity form: the network starts computing exactly "
+                            "what the plain (pretrained) network computed (gated modules behind a zero-initialised "
+                            "residual scale; AW and GCT start as the identity); without --pretrained-path it only "
+                            "changes the start")
+    freeze_epochs: int = option(0, "with --pretrained-path: for the first N epochs only the new parameters train "
+                                "(attention modules, AW's generator, the classifier head, anything the file did not "
+                                "provide), then everything; -1: the pretrained part stays frozen for the whole run "
+                                "(a linear probe when no attention is attached). Frozen layers get no gradient and "
+                                "their BatchNorm layers stay in eval mode: the pretrained running statistics are kept "
+                                "and used (batch statistics of the new data would replace them while the weights "
+                                "around them cannot adapt); after the freeze BatchNorm trains as usual")
     seed: int = option(0, "seed of the data order, augmentation and initialisation")
     deterministic: bool = option(False, "torch deterministic algorithms")
     workers: int = option(2, "DataLoader workers (ImageFolder only)")
@@ -173,7 +185,7 @@ _RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("train_size", dict(lo=1, integer=True, optional=True)), ("image_size", dict(lo=8, integer=True, optional=True)),
     ("seed", dict(lo=0, integer=True)), ("workers", dict(lo=0, integer=True)),
     ("threads", dict(lo=1, integer=True, optional=True)), ("keep_last", dict(lo=1, integer=True)),
-    ("stop_after", dict(lo=1, integer=True, optional=True)),
+    ("stop_after", dict(lo=1, integer=True, optional=True)), ("freeze_epochs", dict(lo=-1, integer=True)),
 )
 
 
@@ -201,11 +213,20 @@ def _check_ranges(d: dict[str, Any]) -> None:
     if d.get("pretrained_partial") and not d["pretrained_path"]:
         raise ConfigError("pretrained_partial (--pretrained-partial) allows a partial load of --pretrained-path, but no "
                           "--pretrained-path is given")
+    if not isinstance(d["identity"], bool):
+        raise ConfigError(f"identity (--identity) must be true or false, got {d['identity']!r}")
+    if d["freeze_epochs"] and not d["pretrained_path"]:
+        raise ConfigError(f"freeze_epochs (--freeze-epochs) {d['freeze_epochs']} freezes the pretrained part of the "
+                          "network, but no --pretrained-path is given: there is nothing pretrained to keep")
+    if d["freeze_epochs"] > d["epochs"]:
+        raise ConfigError(f"freeze_epochs (--freeze-epochs) must be <= epochs ({d['epochs']}), or -1 to freeze for "
+                          f"the whole run; got {d['freeze_epochs']}")
 
 
 # what must agree between a run and the checkpoint it resumes from
 _IDENTITY_KEYS = ("model", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "image_size", "epochs",
-                  "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema", "attn_lr_mult")
+                  "batch_size", "lr", "schedule", "milestones", "seed", "weight_decay", "ema", "attn_lr_mult",
+                  "identity", "freeze_epochs")
 
 
 @torch.no_grad()
@@ -235,7 +256,13 @@ def evaluate(model: nn.Module, loader: Any, device: torch.device, amp: str = "no
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
-    import matplotlib
+    """``curves.png`` of the run; without matplotlib (the ``plots`` extra) a one-line note instead of the file."""
+    from ..optional import MissingExtra, require
+    try:
+        matplotlib = require("matplotlib", "plots", f"{path.name} (training curves)")
+    except MissingExtra as e:
+        print(f"note: {path} not written: {e}")
+        return
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     ep = [r["epoch"] for r in rows]
@@ -252,13 +279,59 @@ def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def _stem_channels(model_name: str, path: str) -> int | None:
+    """Input channels of the first convolution in the weights file ``path`` of ``model_name`` (None: not found)."""
+    from ..models.backbones import load_state_file
+    with torch.device("meta"):  # names only: no memory, no initialisation
+        plain = create_model(model_name, num_classes=10, in_chans=3)
+    name = next((n for n, m in plain.named_modules() if isinstance(m, nn.Conv2d)), None)
+    w = load_state_file(path).get(f"{name}.weight")
+    return int(w.shape[1]) if w is not None and w.ndim == 4 else None
+
+
+def _run_normalisation(path: str) -> tuple[tuple[float, ...], tuple[float, ...], str] | None:
+    """(mean, std, source) of the convattn run that wrote the weights file ``path`` (its ``data.json``, found in
+    the file's folder or up to two folders above: ``<run>/checkpoints/epoch_N/model.safetensors``); None if the
+    file was not written by a run."""
+    for folder in list(Path(path).resolve().parents)[:3]:
+        info = folder / "data.json"
+        if info.is_file() and (folder / "config.json").is_file():
+            try:
+                d = json.loads(info.read_text())
+                return tuple(map(float, d["mean"])), tuple(map(float, d["std"])), f"the run that wrote the weights ({info})"
+            except (ValueError, KeyError, TypeError):
+                return None
+    return None
+
+
 def data_for(cfg: TrainConfig, batch_size: int, eval_batch_size: int | None = None, rank: int = 0,
              world_size: int = 1, workers: int | None = None) -> DataBundle:
-    """The run's data; a folder's input pipeline is resolved from its images and the model's data cfg."""
+    """The run's data; a folder's input pipeline is resolved from its images and the model's data cfg.
+
+    With pretrained weights (``--pretrained-path``) the in-memory data sets (embedded, fashion-mnist, cifar*) are
+    read as the weights expect: grey images as three identical channels when the file's first convolution takes
+    three (timm's convention), normalised with the statistics of the convattn run that wrote the file, else, for
+    timm/torchvision networks, with the mean/std of the model's data cfg (timm's ``pretrained_cfg``), else with
+    the images' own statistics. The size stays the images' own (28 x 28 digits are not upscaled to 224, as for
+    folders) unless ``--image-size`` resizes them.
+    """
     folder = cfg.data == "folder"
+    extra: dict[str, Any] = {}
+    if cfg.pretrained_path and not folder:
+        from ..models.backbones import is_backbone_name
+        norm = _run_normalisation(cfg.pretrained_path)
+        if norm is None and is_backbone_name(cfg.model):
+            m = default_data_cfg(cfg.model)
+            norm = tuple(m["mean"]), tuple(m["std"]), f"{cfg.model}'s data cfg (pretrained weights)"
+        extra = dict(rgb=_stem_channels(cfg.model, cfg.pretrained_path) == 3, norm=norm)
     return build_data(cfg.data, cfg.data_dir, batch_size, eval_batch_size, cfg.seed, rank, world_size,
                       cfg.workers if workers is None else workers, cfg.train_size, cfg.image_size,
-                      model_cfg=default_data_cfg(cfg.model) if folder else None, pretrained=bool(cfg.pretrained_path))
+                      model_cfg=default_data_cfg(cfg.model) if folder else None, pretrained=bool(cfg.pretrained_path),
+                      **extra)
+
+
+def _fmt(v: Any) -> str:
+    return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
 
 
 def describe_run(cfg: TrainConfig, data: DataBundle) -> list[str]:
@@ -268,12 +341,42 @@ def describe_run(cfg: TrainConfig, data: DataBundle) -> list[str]:
              f"{data.in_chans}x{data.image_size}x{data.image_size}"]
     if data.folder_cfg is not None:
         lines.append(f"data config: {data.folder_cfg.summary()}")
+    elif data.source and (cfg.pretrained_path or cfg.image_size):
+        src = data.source
+        lines.append(f"data config: input {data.in_chans}x{data.image_size}x{data.image_size} ({src['input_size']}), "
+                     f"channels: {src['channels']}, mean/std {_fmt(data.mean)}/{_fmt(data.std)} ({src['mean']})")
+    lines += _finetune_lines(cfg)
     steps = len(data.train)
     sched = cfg.schedule + (f" {cfg.milestones}" if cfg.schedule == "step" else "")
     lines.append(f"recipe (preset {cfg.preset}; given options kept): {cfg.epochs} epochs x {steps} steps, batch {cfg.batch_size}, "
                  f"lr {cfg.lr:g} ({sched}, warm-up {cfg.warmup_epochs:g} ep), momentum {cfg.momentum:g}"
                  f"{' nesterov' if cfg.nesterov else ''}, weight decay {cfg.weight_decay:g}, label smoothing "
                  f"{cfg.label_smoothing:g}")
+    return lines
+
+
+def _finetune_lines(cfg: TrainConfig) -> list[str]:
+    """What the fine-tuning options resolved to (printed at the start of a run)."""
+    if not (cfg.pretrained_path or cfg.identity):
+        return []
+    has_attn = any(parse_variant(cfg.variant).values())
+    lines = [f"fine-tuning: weights of the plain network from {cfg.pretrained_path}" if cfg.pretrained_path else
+             "note: --identity without --pretrained-path: the modules start as the identity of a randomly "
+             "initialised network; this only changes the start"]
+    if has_attn:
+        lines.append(f"attention ({cfg.variant}) attached " + (
+            "in the identity form: the first evaluation is the plain network's" if cfg.identity else
+            "freshly initialised (not the identity: the start differs from the plain network; --identity keeps it)"))
+    elif cfg.identity:
+        lines.append("note: --identity has no effect: the variant attaches no module")
+    if cfg.freeze_epochs:
+        span = "for the whole run" if cfg.freeze_epochs < 0 else \
+            f"for epoch{'s 1-' if cfg.freeze_epochs > 1 else ' '}{cfg.freeze_epochs}, then everything trains"
+        lines.append(f"frozen: the pretrained part {span}; only attention, the classifier head and what the file "
+                     "did not provide train meanwhile, and the frozen BatchNorm layers keep the pretrained running "
+                     "statistics (eval mode)" + ("" if has_attn or cfg.freeze_epochs > 0 else " (a linear probe)"))
+    if cfg.attn_lr_mult != 1 and has_attn:
+        lines.append(f"attention parameters train at {cfg.attn_lr_mult:g} x the learning rate (--attn-lr-mult)")
     return lines
 
 
@@ -291,6 +394,8 @@ def build_model(cfg: TrainConfig, data: DataBundle | None = None, num_classes: i
         kw["pretrained_path"] = cfg.pretrained_path
         if cfg.pretrained_partial:
             kw["pretrained_allow_partial"] = True
+    if cfg.identity:
+        kw["identity"] = True
     try:
         return create_model(cfg.model, **kw)
     except TypeError as e:
@@ -312,14 +417,23 @@ class ClassificationTask:
     """Image classification for the engine's loop: cross-entropy on (image, label) batches, top-1/top-5 evaluation
     after every epoch (and of the EMA weights when kept)."""
 
-    def __init__(self, cfg: TrainConfig, data: DataBundle, model: nn.Module, info: DistInfo, ema: Any = None) -> None:
-        self.cfg, self.data, self.model, self.info, self.ema = cfg, data, model, info, ema
+    def __init__(self, cfg: TrainConfig, data: DataBundle, model: nn.Module, info: DistInfo, ema: Any = None,
+                 freeze: Freeze | None = None) -> None:
+        self.cfg, self.data, self.model, self.info, self.ema, self.freeze = cfg, data, model, info, ema, freeze
         self.name = f"{cfg.model}/{cfg.variant}/seed{cfg.seed}"
         self.steps_per_epoch = len(data.train)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     def batches(self, epoch: int):
         return self.data.train.epoch(epoch)
+
+    def begin_epoch(self, epoch: int) -> nn.Module | None:
+        """Freeze or unfreeze the pretrained part for ``epoch`` (``--freeze-epochs``); when the trainable
+        parameters change under DDP or torch.compile, the model is wrapped again (DDP reduces only the parameters
+        that needed a gradient when it was built)."""
+        if self.freeze is not None and self.freeze.apply(epoch) and (self.info.enabled or self.cfg.compile):
+            return wrap_model(self.model, self.info, self.cfg.compile)
+        return None
 
     def loss(self, net: nn.Module, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
         device = self.info.device
@@ -372,7 +486,18 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         print(f"{cfg.model}: weights from {cfg.pretrained_path}: {model.pretrained_report.summary()}")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    # every parameter is in a group, frozen or not: the groups (and a checkpoint's optimizer state) are the same
+    # in every epoch; a frozen parameter gets no gradient, so SGD leaves it (and its momentum) alone
     groups = param_groups(model, cfg.lr, cfg.weight_decay, cfg.wd_exclude, cfg.attn_lr_mult)
+    freeze = None
+    if cfg.freeze_epochs:
+        report = getattr(model, "pretrained_report", None)
+        loaded = list(report.loaded) if report is not None else None
+        freeze = Freeze(model, new_parameter_names(model, loaded), cfg.freeze_epochs, loaded)
+        if info.is_main:
+            n_new, n_frozen = freeze.counts()
+            print(f"while frozen: {n_new:,} parameters train, {n_frozen:,} are frozen, {len(freeze.bn)} BatchNorm "
+                  "layers keep their pretrained statistics")
     opt = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     steps = len(data.train)
     sched = create_scheduler(opt, cfg.schedule, steps, cfg.epochs, int(round(cfg.warmup_epochs * steps)),
@@ -392,27 +517,51 @@ def _train(cfg: TrainConfig, info: DistInfo) -> dict[str, Any]:
         atomic_write_text(out / "data.json", json.dumps(dict(
             name=data.name, mean=data.mean, std=data.std, image_size=data.image_size, in_chans=data.in_chans,
             num_classes=data.num_classes, classes=data.classes,
-            folder_cfg=data.folder_cfg.to_dict() if data.folder_cfg else None), indent=2))
+            folder_cfg=data.folder_cfg.to_dict() if data.folder_cfg else None, source=data.source or None), indent=2))
 
-    task = ClassificationTask(cfg, data, model, info, ema)
+    start = _start_evaluation(cfg, data, model, info, out, fresh=not state.rows)
+    if freeze is not None:
+        freeze.apply(state.start_epoch)  # before DDP is built: it registers the parameters that need a gradient
+    task = ClassificationTask(cfg, data, model, info, ema, freeze)
     loop = Loop(model, wrap_model(model, info, cfg.compile), opt, info, out, settings, cfg.epochs, cfg.seed, sched,
                 scaler, ema, cfg.amp, cfg.stop_after, cfg.keep_last, cfg.progress, metrics_jsonl=True)
     rows = loop.fit(task, state).rows
     if rows and rows[-1]["epoch"] < cfg.epochs:
         return {"model": cfg.model, "variant": cfg.variant, "seed": cfg.seed, "stopped_after": rows[-1]["epoch"],
-                "epochs": cfg.epochs, "val_top1": rows[-1]["val_top1"]}
+                "epochs": cfg.epochs, "val_top1": rows[-1]["val_top1"], **start}
     final = dict(model=cfg.model, variant=cfg.variant, seed=cfg.seed, epochs=cfg.epochs, data=cfg.data,
                  train_images=data.train.num_samples, val_images=data.val.num_samples,
                  val_top1=rows[-1]["val_top1"], val_top5=rows[-1]["val_top5"], val_loss=rows[-1]["val_loss"],
                  best_val_top1=max(r["val_top1"] for r in rows), train_time_s=sum(r["epoch_time_s"] for r in rows),
                  images_per_s=float(np.mean([r["images_per_s"] for r in rows])), world_size=info.world_size,
-                 params=sum(p.numel() for p in model.parameters()))
+                 params=sum(p.numel() for p in model.parameters()), **start)
     if ema is not None:
         final["ema_top1"] = rows[-1]["ema_top1"]
     if info.is_main:
         _plot_curves(rows, out / "curves.png", task.name)
         atomic_write_text(out / "final.json", json.dumps(final, indent=2))
     return final
+
+
+def _start_evaluation(cfg: TrainConfig, data: DataBundle, model: nn.Module, info: DistInfo, out: Path,
+                      fresh: bool) -> dict[str, float]:
+    """With pretrained weights: the validation result of the network as it starts (before the first update),
+    printed and kept in ``start.json`` (a resumed run reads it back); ``{}`` otherwise. In the identity form it
+    is the plain network's result, exactly."""
+    if not cfg.pretrained_path:
+        return {}
+    path = out / "start.json"
+    if not fresh:
+        try:
+            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}
+    res = evaluate(model, data.val, info.device, cfg.amp, cfg.channels_last, info)
+    start = {"start_val_top1": res["top1"], "start_val_top5": res["top5"], "start_val_loss": res["loss"]}
+    if info.is_main:
+        print(f"start (before training): val loss {res['loss']:.4f} top-1 {res['top1']:.2f}%")
+        atomic_write_text(path, json.dumps(start, indent=2))
+    return start
 
 
 def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None,
