@@ -35,7 +35,7 @@ TIMM = ("resnet18d", "seresnext26d_32x4d", "res2net50_26w_4s", "resnest14d", "re
         "lcnet_050", "fbnetc_100")
 EFFICIENTNET_PYTORCH = ("efficientnet-b0", "efficientnet-b1")
 PRETRAINEDMODELS = ("se_resnet50", "bninception", "xception", "dpn68", "resnext101_32x4d")
-SIZES = {"torchvision:inception_v3": 96, "pretrainedmodels:se_resnet50": 224, "pretrainedmodels:bninception": 224,
+SIZES = {"torchvision:inception_v3": 160, "pretrainedmodels:se_resnet50": 224, "pretrainedmodels:bninception": 224,
          "pretrainedmodels:xception": 96, "pretrainedmodels:resnext101_32x4d": 224, "pretrainedmodels:dpn68": 224}
 
 

@@ -98,7 +98,7 @@ def _last_stage(model: nn.Module) -> nn.Module:
     from ..models.attach import find_blocks
     blocks = find_blocks(model)
     if blocks:
-        return blocks[-1].module
+        return blocks[-1].module if blocks[-1].module is not None else blocks[-1].target
     raise ValueError(f"Grad-CAM needs a ResNet (layer3/layer4) or a CNN of blocks attach recognises; "
                      f"{type(model).__name__} has neither")
 

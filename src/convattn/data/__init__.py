@@ -142,10 +142,14 @@ def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None
     else:
         mean, std, src["mean"] = tuple(norm[0]), tuple(norm[1]), norm[2]
     if len(mean) != in_chans:
-        if len(mean) != 1:
+        if in_chans == 1:  # a 1-channel network (e.g. a grey-adapted stem) with an RGB cfg: the channels' average
+            mean, std = (sum(mean) / len(mean),), (sum(std) / len(std),)
+            src["mean"] += ", averaged over its channels for grey images"
+        elif len(mean) != 1:
             raise ValueError(f"normalisation with {len(mean)} channel values ({src['mean']}) for {in_chans}-channel "
                              f"{key} images")
-        mean, std = mean * in_chans, std * in_chans
+        else:
+            mean, std = mean * in_chans, std * in_chans
     pad = (2 if native <= 28 else 4) if pad is None else pad
     common = dict(mean=mean, std=std, seed=seed, rank=rank, world_size=world_size, size=size,
                   rgb=in_chans != own_chans)

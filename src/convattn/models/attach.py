@@ -173,7 +173,9 @@ def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pas
         cfg = _cfg_size(model)[1]
         size = min(cfg, 256) if cfg else 32 * max(conv.stride)
     first_err: Exception | None = None
-    while size <= 1024:
+    sizes = [size] if explicit else sorted({size * 2 ** i for i in range(6) if size * 2 ** i <= 1024} | {224, 299})
+    sizes = [s for s in sizes if s >= size]  # doubling, and the usual ImageNet sizes for fixed-size heads
+    for size in sizes:
         p = None
         for c in _channel_candidates(model):
             try:
@@ -195,9 +197,9 @@ def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pas
                 raise ValueError(f"attach: dry_run_size={size} is too small for {type(model).__name__}: some of its "
                                  f"blocks see 1 x 1 maps, so their strides cannot be told apart; use "
                                  f"dry_run_size >= {2 * size} (or leave it unset)")
-        elif explicit:
-            break
-        size *= 2
+    if first_err is None:
+        raise ValueError(f"attach: {type(model).__name__}'s blocks see 1 x 1 maps at every dry-run size up to "
+                         f"{sizes[-1]}; pass dry_run_size=")
     raise ValueError(f"attach: cannot run {type(model).__name__} on a dry input: {first_err}") from first_err
 
 

@@ -69,6 +69,12 @@ def _usable(p: Pass, c: Call) -> bool:
     return c.name is not None and c.name != "" and p.n_calls(c.module) == 1 and not c.in_attention
 
 
+def _attachable(c: Call) -> bool:
+    """An output attention can run after this module: one tensor out, and not a container (a child added to a
+    Sequential, ModuleList or ModuleDict would become one of its layers)."""
+    return len(c.outputs) == 1 and len(c.out_shape) == 4 and not isinstance(c.module, _CONTAINERS)
+
+
 def _descend(p: Pass, c: Call, key: Key) -> Call:
     """Follow an ``nn.Sequential`` target down to the last layer that returned the same value."""
     while isinstance(c.module, nn.Sequential) and len(c.module) > 0:
@@ -86,12 +92,12 @@ def _branch_target(p: Pass, key: Key, scope: int) -> Call | None:
         returning = [c for c in p.calls if key in c.outputs and _below(p, c.index, scope)]
         real = [c for c in returning if key not in c.inputs]
         for c in returning:
-            if key in c.inputs and _usable(p, c) and passthrough is None:
+            if key in c.inputs and _usable(p, c) and _attachable(c) and passthrough is None:
                 passthrough = c  # identity / dropout / drop path in evaluation
-        usable = [c for c in real if _usable(p, c)]
-        if usable:
-            c = min(usable, key=lambda c: _depth(p, c.index))
-            return _descend(p, c, key)
+        for c in sorted((c for c in real if _usable(p, c)), key=lambda c: _depth(p, c.index)):
+            c = _descend(p, c, key)
+            if _attachable(c):
+                return c
         prod = p.producer.get(key)
         if prod is None:
             break
@@ -242,10 +248,12 @@ def find_blocks(p: Pass) -> tuple[list[Block], list[str]]:
                     if not kids:
                         continue
                     kid = kids[0]
-                    target = _branch_target(p, k, kid.index) or kid
+                    target = _branch_target(p, k, kid.index) or (kid if _attachable(kid) else None)
+                    if target is None:
+                        continue
                     residual.setdefault(id(kid.module), (1, op.index, _make(p, kid.name, kid.module, target, k,
                                                                              "dense")))
-            elif len(branches) >= 2 and _usable(p, call) and not at_root:  # branches, no shortcut (Inception, Fire)
+            elif len(branches) >= 2 and _usable(p, call) and _attachable(call) and not at_root:  # Inception, Fire
                 multi.append(_make(p, call.name, call.module, call, call.outputs[0] if call.outputs else op.outputs[0],
                                    "multi_branch"))
     blocks = [b for _, _, b in residual.values()] + [b for b in found.values()]
@@ -255,14 +263,14 @@ def find_blocks(p: Pass) -> tuple[list[Block], list[str]]:
               or not any(o is not b and o.module is not None and _inside(o.name, b.name) and o.name != b.name
                          for o in named)]
     taken = [b.name for b in blocks if b.module is not None]
-    for b in multi:
+    blocks += _siblings(p, blocks, taken)
+    for b in multi:  # outermost-only blocks without a shortcut, where no other block is
         if id(b.module) in {id(x.module) for x in blocks}:
             continue
         if any(_inside(b.name, t) or _inside(t, b.name) for t in taken):
             continue
         blocks.append(b)
         taken.append(b.name)
-    blocks += _siblings(p, blocks, taken)
     blocks.sort(key=lambda b: b.order)
     return blocks, notes
 
@@ -310,7 +318,7 @@ def _siblings(p: Pass, blocks: list[Block], taken: list[str]) -> list[Block]:
             continue
         tname, tmod = hit
         tc = p.call_of(tmod)
-        if tc is None or not _usable(p, tc) or len(tc.out_shape) != 4 or not _below(p, tc.index, c.index):
+        if tc is None or not _usable(p, tc) or not _attachable(tc) or not _below(p, tc.index, c.index):
             continue
         out.append(_make(p, c.name, c.module, tc, tc.outputs[0], "sibling"))
         taken.append(c.name)
@@ -342,7 +350,8 @@ def _siblings(p: Pass, blocks: list[Block], taken: list[str]) -> list[Block]:
 def stage_outputs(p: Pass) -> list[Block]:
     """Networks without blocks (VGG-like): per output stride with a convolution, the last layer called at it."""
     out: list[Block] = []
-    convs = [op for op in p.ops if op.conv and len(op.out_shape) == 4]
+    convs = [op for op in p.ops if op.conv and len(op.out_shape) == 4  # not heads after global pooling
+             and min(p.shapes.get(op.inputs[0], (0, 0, 2, 2))[-2:]) > 1]
     if not convs:
         return out
     by_red: dict[int, int] = {}  # reduction -> index of the last conv op at it
@@ -352,7 +361,7 @@ def stage_outputs(p: Pass) -> list[Block]:
         channels = p.ops[last_conv].out_shape[1]
         best = None
         for c in p.calls:
-            if not _usable(p, c) or c.index == 0 or list(c.module.children()):
+            if not _usable(p, c) or c.index == 0 or list(c.module.children()) or not _attachable(c):
                 continue
             if c.last_op <= last_conv or len(c.out_shape) != 4 or c.out_shape[1] != channels \
                     or p.reduction(c.out_shape) != red:

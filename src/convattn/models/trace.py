@@ -124,6 +124,15 @@ class _Recorder(TorchFunctionMode):
                 self.producer[k] = op.index
                 self.data.add(k)
                 self.shapes[k] = tuple(o.shape)
+            for o in outs:  # an in-place op on a view changed its base too (x[:, :c] += shortcut)
+                base = o._base
+                if base is not None and id(o) in {id(t) for t in ins}:
+                    bk = self.key(base)
+                    self.producer[bk] = op.index
+                    self.data.add(bk)
+                    self.shapes[bk] = tuple(base.shape)
+                    op.outputs.append(bk)
+                    self.keep.append(base)
             self.ops.append(op)
             self.keep.extend(ins)
             self.keep.extend(outs)

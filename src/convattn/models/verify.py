@@ -46,12 +46,16 @@ def _run(model: nn.Module, x: torch.Tensor, train: bool, seed: int = 0) -> torch
 
 
 def _spread(model: nn.Module) -> None:
-    """Norm weights away from 0 (timm zero-initialises a block's last BN, which would hide any gate)."""
+    """Norm weights, and parameters initialised at or near zero (zero-init last BN, layer scales of 1e-6, skip-init
+    gains), drawn from [0.5, 1.5]: a branch scaled to ~0 would hide any gate and give it no gradient."""
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._NormBase) and getattr(m, "weight", None) is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+        for p in model.parameters():
+            if p.is_floating_point() and p.numel() and p.abs().max() < 1e-3:
+                p.copy_(torch.rand(p.shape, generator=g) + 0.5)
 
 
 def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv: str | None = None,
@@ -78,10 +82,10 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
     row.update(inserted=rep.count(), params=rep.added_params, stages=rep.blocks_per_stage,
                found=", ".join(f"{k} {n}" for k, n in rep.block_kinds.items()))
     failures = []
-    with torch.no_grad():
-        ref = copy.deepcopy(base)
+    with torch.no_grad():  # in float64: the oracle is exact up to rounding, not hidden in float32 noise
+        ref, m64, x64 = copy.deepcopy(base).double(), copy.deepcopy(m).double(), x.double()
         for mode, key in ((False, "identity_eval"), (True, "identity_train")):
-            r = _rel(_run(m, x, mode), _run(ref, x, mode))
+            r = _rel(_run(m64, x64, mode), _run(ref, x64, mode))
             row[key] = f"{r:.1e}"
             if not r <= tol:
                 failures.append(f"{key} {r:.1e}")
