@@ -53,9 +53,24 @@ def _spread(model: nn.Module) -> None:
         for m in model.modules():
             if isinstance(m, nn.modules.batchnorm._NormBase) and getattr(m, "weight", None) is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-        for p in model.parameters():
-            if p.is_floating_point() and p.numel() and p.abs().max() < 1e-3:
+        for n, p in model.named_parameters():
+            if not n.endswith("bias") and p.is_floating_point() and p.numel() and p.abs().max() < 1e-3:
                 p.copy_(torch.rand(p.shape, generator=g) + 0.5)
+
+
+@torch.no_grad()
+def _calibrate_norms(model: nn.Module, x: torch.Tensor) -> None:
+    """BatchNorm running statistics of the input (one pass in training mode, cumulative average): a deep network
+    without them computes ~1e11 in evaluation mode and overflows after one step."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    _run(model, x, True)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
 
 
 def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv: str | None = None,
@@ -73,6 +88,7 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
     base = build()
     _spread(base)
     x = torch.randn(2, in_chans, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    _calibrate_norms(base, x)
     try:
         m = attach(copy.deepcopy(base), attn, conv, identity=True, **attach_kwargs)
     except ValueError as e:
@@ -100,6 +116,7 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
     loss = nn.functional.cross_entropy(out, torch.zeros(len(x), dtype=torch.long)) if out.ndim == 2 \
         else out.pow(2).mean()  # a feature extractor: any loss that reaches every output
     loss.backward()
+    torch.nn.utils.clip_grad_norm_(t.parameters(), 1.0)  # a small step: this checks that parameters move, not training
     opt.step()
     moved = sum(1 for n, p in t.named_parameters() if n in before and not torch.equal(p.detach(), before[n]))
     row["train_step"] = f"{moved}/{len(before)}"
