@@ -2,6 +2,7 @@
 latency and training time as its cost columns (the study loop, statistics and report: ``study.compare``)."""
 from __future__ import annotations
 
+import csv
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -19,7 +20,8 @@ from ..validate import ConfigError
 from .budget import BUDGET_FILE, size_study
 from .compare import Metric, Results, run_study
 
-__all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "DEFAULT_STUDY"]
+__all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "DEFAULT_STUDY", "evidence_result",
+           "evidence_study"]
 
 # The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized on the machine it runs on to a
 # 15-minute budget (training images, then epochs; see study.budget); 4,000 images x 2 epochs without a budget.
@@ -49,6 +51,75 @@ class CompareConfig:
     report_only: bool = False  # train nothing; report the finished runs (a partial study says so)
     time_budget_min: float | None = None  # size the recipe to this wall time on this machine (study.budget)
     budget_sizes: Sequence[str] = ("train_size", "epochs")  # what the budget may size (the rest is as given)
+
+
+# The committed long study that a short one is read against (README, "The evidence study"): ResNet-20 on
+# Fashion-MNIST, 20,000 images x 10 epochs, 3 seeds. A folder of the repository: installed without it, no column.
+EVIDENCE_STUDY = Path("reports") / "evidence_r20"
+# data sets that are the same images for this purpose: the embedded set is a subset of Fashion-MNIST
+_DATA_FAMILY = {"embedded": "fashion-mnist", "fashion-mnist": "fashion-mnist"}
+
+
+def repo_root() -> Path | None:
+    """The repository this package runs from (a source checkout or an editable install), else None."""
+    root = Path(__file__).resolve().parents[3]
+    return root if (root / "pyproject.toml").is_file() and (root / "src" / "convattn").is_dir() else None
+
+
+def _evidence_folder(folder: str | Path | None) -> Path | None:
+    if folder is not None:
+        return Path(folder)
+    root = repo_root()
+    return None if root is None else root / EVIDENCE_STUDY
+
+
+def _number(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if v == v else None
+
+
+def evidence_result(arm: str, folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The evidence study's result for ``arm``, read now from its committed ``results.csv``: ``mean`` (top-1 %),
+    ``delta`` and ``delta_se`` (vs its baseline, Welch), ``verdict`` and ``seeds``. None when the file or the arm is
+    absent (e.g. convattn installed without the repository). ``folder``: the study folder (default: the
+    repository's reports/evidence_r20)."""
+    path = _evidence_folder(folder)
+    if path is None:
+        return None
+    try:
+        with (path / "results.csv").open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return None
+    for r in rows:
+        if r.get("variant") == arm:
+            def pick(*keys: str) -> float | None:  # the first column present (older reports: delta, delta_se)
+                return next((_number(r[k]) for k in keys if _number(r.get(k)) is not None), None)
+            return dict(variant=arm, mean=pick("top1_mean"), delta=pick("top1_delta", "delta"),
+                        delta_se=pick("top1_delta_se", "delta_se"), verdict=r.get("verdict") or "",
+                        seeds=int(pick("seeds_done") or 0))
+    return None
+
+
+def evidence_study(folder: str | Path | None = None) -> dict[str, Any] | None:
+    """The evidence study's ``study.json`` plus ``updates`` (per run: epochs x training images // batch; None
+    when the training set size is not recorded) and ``folder``; None when it is absent."""
+    path = _evidence_folder(folder)
+    try:
+        study = json.loads((path / "study.json").read_text()) if path is not None else None
+    except (OSError, ValueError):
+        return None
+    if not isinstance(study, dict):
+        return None
+    rec = study.get("recipe", {})
+    try:
+        updates = int(rec["epochs"]) * (int(rec["train_size"]) // int(rec["batch_size"]))
+    except (KeyError, TypeError, ValueError):
+        updates = None
+    return dict(study, updates=updates, folder=str(path))
 
 
 def _default_aw_mode(model: str) -> str:
@@ -131,7 +202,8 @@ class ClassificationStudy:
         return {k: v for k, v in asdict(self.base).items() if k not in _NOT_RECIPE}
 
     def recipe_defaults(self) -> dict[str, Any]:
-        return asdict(TrainConfig())
+        # a study recorded before a setting existed ran with what the code then did: horizontal flips were always on
+        return {**asdict(TrainConfig()), "hflip": True}
 
     def train(self, variant: str, seed: int, run_dir: Path) -> dict[str, Any]:
         return train(replace(_variant_config(self.base, variant), seed=seed, out=str(run_dir)))
@@ -142,6 +214,39 @@ class ClassificationStudy:
         return dict(final, curve=[e["val_top1"] for e in epochs],
                     robust_train_time_s=len(epochs) * float(np.median([e["epoch_time_s"] for e in epochs])),
                     robust_img_s=float(np.median([e["images_per_s"] for e in epochs])))
+
+    def updates_per_run(self, results: Results) -> int | None:
+        """Optimizer updates of one run: epochs x full batches per epoch (the last partial batch is dropped)."""
+        runs = results.get("none") or []
+        if not runs or runs[0].get("train_images") is None or runs[0].get("epochs") is None:
+            return None
+        return int(runs[0]["epochs"]) * (int(runs[0]["train_images"]) // self.base.batch_size)
+
+    def reference(self) -> dict[str, Any] | None:
+        """The evidence study's result per arm, when this study has its model and data (Fashion-MNIST, the
+        embedded subset included) and module options, and is not the evidence study itself; else None."""
+        ev = evidence_study()
+        if ev is None or Path(ev["folder"]).resolve() == Path(self.cfg.out).resolve():
+            return None
+        rec = ev.get("recipe", {})
+        family = _DATA_FAMILY.get(rec.get("data"))
+        if (ev.get("model") != self.cfg.model or family is None or family != _DATA_FAMILY.get(self.base.data)
+                or (rec.get("attn_kwargs") or {}) != self.base.attn_kwargs
+                or (rec.get("conv_kwargs") or {}) != self.base.conv_kwargs):
+            return None
+        arms = {v: evidence_result(v, ev["folder"]) for v in self.variants}
+        arms = {v: a for v, a in arms.items() if a is not None}
+        if "none" not in arms or arms["none"]["mean"] is None:
+            return None
+        size = f"{rec['train_size']:,} images" if rec.get("train_size") else "all training images"
+        label = f"evidence study ({size} × {rec.get('epochs')} epochs)"
+        note = (f"* {label}: {EVIDENCE_STUDY.as_posix()}/results.csv of this repository, read when this report was "
+                f"written: the same model on {rec.get('data')} (validated on its test set), batch "
+                f"{rec.get('batch_size')}, " + (f"{ev['updates']:,} updates per run, " if ev["updates"] else "")
+                + f"seeds {ev.get('seeds')}; for `none` its baseline's top-1, for the other arms Δ vs its baseline "
+                "(Welch) and its verdict; \"not in it\": an arm it did not train.")
+        return dict(label=label, short="evidence study", updates=ev["updates"], baseline=arms["none"]["mean"],
+                    arms=arms, note=note)
 
     def _profile(self, variants: list[str]) -> list[dict[str, Any]]:
         base = self.base

@@ -11,6 +11,7 @@ and the report is rebuilt from whatever has finished. All files are written atom
 """
 from __future__ import annotations
 
+import csv
 import json
 import platform
 import shlex
@@ -75,6 +76,13 @@ class StudyTask(Protocol):
     def notes(self) -> list[str]:
         """Bullets under the main table: what the task's columns mean and how they were measured."""
 
+    # Optional (a task without them reports no update count / no reference column):
+    #   updates_per_run(results) -> int | None: optimizer updates of one run of this study.
+    #   reference() -> dict | None: a longer study of the same model and data to state beside each arm, with keys
+    #     label (how the report names it; short: in running text), updates (per run, or None), baseline (its
+    #     baseline's primary metric), arms ({variant: {"mean", "delta", "delta_se", "verdict"}}, arms it lacks
+    #     left out) and note (one bullet).
+
 
 def environment() -> dict[str, str]:
     import timm
@@ -89,6 +97,71 @@ def _verdict(v: str, d: float, se: float) -> str:
     if se != se:
         return "n/a (1 seed)"
     return ("exceeds spread (better)" if d > 0 else "exceeds spread (worse)") if abs(d) > 2 * se else "within spread"
+
+
+# The baseline "was still rising" when its primary metric gained more than this (points, mean over seeds) in its
+# last epoch; without per-epoch values, when it ended more than REFERENCE_GAP points below the baseline of a
+# longer reference study of the same model and data.
+CONVERGING_GAIN = 0.5
+REFERENCE_GAP = 2.0
+
+
+def training_progress(base_runs: list[dict[str, Any]], metric: Metric, updates: int | None = None,
+                      reference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """How far the baseline's training got, from its runs' per-epoch ``curve`` of the primary metric.
+
+    Returns ``updates`` (per run, as given), ``epochs``, ``gain`` (mean over seeds of the last epoch's change; None
+    without two epochs per curve), ``gains`` (per seed), ``rising`` (True: still rising at the end, False: levelled
+    off, None: unknown) and ``because`` (the evidence in words, for the verdict note).
+    """
+    curves = [r.get("curve") or [] for r in base_runs]
+    epochs = max((len(c) for c in curves), default=0) or None
+    if epochs is None and base_runs and base_runs[0].get("epochs") is not None:
+        epochs = int(base_runs[0]["epochs"])
+    out: dict[str, Any] = dict(updates=updates, epochs=epochs, gain=None, gains={}, rising=None, because="")
+    if base_runs and all(len(c) >= 2 for c in curves):
+        out["gains"] = {r["seed"]: float(c[-1] - c[-2]) for r, c in zip(base_runs, curves)}
+        out["gain"] = float(np.mean(list(out["gains"].values())))
+        out["rising"] = out["gain"] > CONVERGING_GAIN
+        out["because"] = f"baseline {out['gain']:+.2f} points in its last epoch"
+    elif base_runs and reference and reference.get("baseline") is not None:
+        mean, ref, ref_updates = float(np.mean([metric.of(r) for r in base_runs])), reference["baseline"], \
+            reference.get("updates")
+        shorter = updates is not None and ref_updates is not None and updates < ref_updates
+        if shorter and mean < ref - REFERENCE_GAP:
+            out["rising"] = True
+            out["because"] = (f"baseline {mean:.2f} vs {ref:.2f} in the {reference.get('short', reference['label'])}"
+                              f" ({ref_updates:,} updates)")
+    return out
+
+
+def verdict_note(verdict: str, progress: dict[str, Any]) -> str:
+    """What must stand next to an "exceeds spread" verdict of a study whose baseline was still rising ("" else)."""
+    if not verdict.startswith("exceeds spread") or not progress.get("rising"):
+        return ""
+    n = progress.get("updates")
+    return "still converging: " + (f"{n:,} updates, " if n is not None else "") + progress["because"]
+
+
+def progress_line(progress: dict[str, Any], label: str) -> str:
+    """The report's sentence on how far training got."""
+    n, ep = progress.get("updates"), progress.get("epochs")
+    got = ", ".join(x for x in ((f"{n:,} updates per run" if n is not None else ""),
+                                (f"{ep} epoch{'s' if ep != 1 else ''}" if ep else "")) if x) or "unknown length"
+    text = f"Training progress: {got}."
+    if progress.get("gain") is not None:
+        seeds = ", ".join(f"{g:+.2f}" for g in progress["gains"].values())
+        text += (f" The baseline's {label} changed by {progress['gain']:+.2f} points in its last epoch (mean over "
+                 f"seeds; per seed {seeds}): ")
+        text += ("still rising at the end, so the arms were still converging and the differences below are measured "
+                 "part-way through training, not at convergence." if progress["rising"] else
+                 f"levelled off (within {CONVERGING_GAIN:g} points).")
+    elif progress.get("rising"):
+        text += (f" Per-epoch values are not available; {progress['because']}: the arms were still converging, so "
+                 "the differences below are measured part-way through training, not at convergence.")
+    else:
+        text += " Per-epoch values are not available: whether the baseline was still rising is not known."
+    return text
 
 
 def _metric_row(v: str, runs: list[dict[str, Any]], base_runs: list[dict[str, Any]], metrics: Sequence[Metric]
@@ -130,14 +203,28 @@ def metric_columns(metrics: Sequence[Metric]) -> tuple[list[str], list[str], dic
 
 
 def _metric_cells(row: dict[str, Any], metrics: Sequence[Metric]) -> dict[str, Any]:
-    """Display copy of a report row: the metrics and their differences with two decimals (differences signed)."""
+    """Display copy of a report row: the metrics and their differences with two decimals (differences signed), the
+    verdict with its note, and the reference study's result for the arm."""
     out = dict(row)
     for m in metrics:
         for suffix in ("_mean", "_std", "_delta", "_delta_se"):
             v = row.get(m.key + suffix)
             if isinstance(v, float) and v == v:
                 out[m.key + suffix] = f"{v:+.2f}" if suffix == "_delta" else f"{v:.2f}"
+    if row.get("verdict_note"):
+        out["verdict"] = f"{row['verdict']} — {row['verdict_note']}"
+    out["reference"] = _reference_cell(row)
     return out
+
+
+def _reference_cell(row: dict[str, Any]) -> str:
+    """The reference study's result for one arm: its mean for the baseline, else Δ vs its baseline and verdict."""
+    mean, delta = row.get("reference_mean"), row.get("reference_delta")
+    if row.get("variant") == "none":
+        return f"{mean:.2f}" if mean is not None else ""
+    if delta is None:
+        return "not in it"
+    return f"{delta:+.2f}" + (f", {row['reference_verdict']}" if row.get("reference_verdict") else "")
 
 
 def _stacked_table(variants: list[str], seeds: Sequence[int], results: Results, metric: Metric) -> str:
@@ -210,6 +297,29 @@ def _plots(out: Path, rows: list[dict[str, Any]], results: Results, metric: Metr
     return written
 
 
+def _runs_from_csv(path: Path, variants: Sequence[str], seeds: Sequence[int]) -> Results:
+    """The finished runs of a study as its ``runs.csv`` recorded them (numbers parsed back; no per-epoch curve)."""
+    def value(x: str) -> Any:
+        if x == "":
+            return None
+        for kind in (int, float):
+            try:
+                return kind(x)
+            except ValueError:
+                pass
+        return x
+
+    results: Results = {v: [] for v in variants}
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            r = {k: value(x) for k, x in row.items()}
+            if r.get("variant") in results and r.get("seed") in seeds:
+                results[r["variant"]].append(r)
+    for v in results:
+        results[v].sort(key=lambda r: list(seeds).index(r["seed"]))
+    return results
+
+
 def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], out: str | Path,
               command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
     """Run (or continue) the study of ``task`` and write ``report.md``, ``results.csv``, ``runs.csv`` and plots.
@@ -229,12 +339,17 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     if report_only:
         if not (out / "study.json").exists():
             raise FileNotFoundError(f"--report-only: no study in {out} (study.json missing); run compare without it first")
-        study["command"] = json.loads((out / "study.json").read_text()).get("command", study["command"])
+        stored = json.loads((out / "study.json").read_text())
+        study["command"] = stored.get("command", study["command"])
+        study["environment"] = stored.get("environment", study["environment"])  # where the runs ran, not the report
     out.mkdir(parents=True, exist_ok=True)
     check_study(out, study, task.recipe_defaults(), identity=("task", *task.identity()))
     t_start = time.perf_counter()
     results: Results = {v: [] for v in variants}
-    for seed in seeds:  # seed-major: an interrupted study has complete seeds first
+    from_csv = report_only and not any((out / "runs").glob("*/seed*/final.json")) and (out / "runs.csv").exists()
+    if from_csv:  # a study folder kept without its run folders (as committed): the runs as runs.csv recorded them
+        results = _runs_from_csv(out / "runs.csv", variants, seeds)
+    for seed in ([] if from_csv else seeds):  # seed-major: an interrupted study has complete seeds first
         for v in variants:
             run_dir = out / "runs" / slug(v) / f"seed{seed}"
             if (run_dir / "final.json").exists():
@@ -249,19 +364,38 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     metrics = task.metrics
     cost, cost_cols, cost_headers = task.columns(variants, results, out)
     rows = [{**_metric_row(v, results[v], results["none"], metrics), **cost.get(v, {})} for v in variants]
+    ref = task.reference() if callable(getattr(task, "reference", None)) else None
+    updates = task.updates_per_run(results) if callable(getattr(task, "updates_per_run", None)) else None
+    progress = training_progress(results["none"], metrics[0], updates, ref)
+    for r in rows:
+        r["verdict_note"] = verdict_note(r.get("verdict", ""), progress)
+        if ref and r["variant"] in ref["arms"]:
+            a = ref["arms"][r["variant"]]
+            r.update(reference_mean=a.get("mean"), reference_delta=a.get("delta"),
+                     reference_verdict=a.get("verdict"))
     shown_cols, extra_cols, headers = metric_columns(metrics)
+    ref_cols = ["reference_mean", "reference_delta", "reference_verdict"] if ref else []
+    if ref:  # beside the verdict: the same arm in the longer study
+        at = shown_cols.index("verdict") + 1 if "verdict" in shown_cols else len(shown_cols)
+        shown_cols = shown_cols[:at] + ["reference"] + shown_cols[at:]
+        headers["reference"] = f"{ref['label']}: Δ vs none"
     columns = ["variant", "seeds_done"] + shown_cols + cost_cols
     headers.update(cost_headers)
-    write_csv(out / "results.csv", rows, columns + extra_cols)
+    write_csv(out / "results.csv", rows, [c for c in columns if c != "reference"] + extra_cols + ["verdict_note"]
+              + ref_cols)
     scalars = [k for k, x in results["none"][0].items() if isinstance(x, (int, float, str))]
-    write_csv(out / "runs.csv", [{"variant": v, "seed": r["seed"], **{m.key: m.of(r) for m in metrics},
-                                  **{k: r.get(k) for k in scalars if k not in ("variant", "seed")}}
-                                 for v in variants for r in results[v]])
+    if not from_csv:  # (rebuilt from runs.csv: that file is the record and stays as it is)
+        write_csv(out / "runs.csv", [{"variant": v, "seed": r["seed"], **{m.key: m.of(r) for m in metrics},
+                                      **{k: r.get(k) for k in scalars if k not in ("variant", "seed")}}
+                                     for v in variants for r in results[v]])
     plots = _plots(out, rows, results, metrics[0])
     n_done, n_all = sum(len(r) for r in results.values()), len(variants) * len(seeds)
     shown = [_metric_cells(r, metrics) for r in rows]
     partial = ([f"**Partial study: {n_done} of {n_all} runs finished.** Rerun the command to continue; finished "
                 "runs are kept and unfinished ones resume from their last epoch.", ""] if n_done < n_all else [])
+    if from_csv:
+        partial += ["Rebuilt from runs.csv: this folder keeps no run folders, so the per-epoch values (curves, the "
+                    "last epoch's gain) are not available.", ""]
     per_seed = []
     for m in (m for m in metrics if m.compared):
         per_seed += [f"## Per seed: {m.label}" if len(metrics) > 1 else "## Per seed", "",
@@ -271,9 +405,15 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     md = [f"# {task.title}", "", *partial,
           f"Command: `{study['command']}`", "",
           task.describe(results, seeds), "",
+          progress_line(progress, metrics[0].label), "",
           "Environment: " + ", ".join(f"{k} {v}" for k, v in study["environment"].items()), "",
           to_markdown(shown, columns, headers), "",
           *task.notes(),
+          *([ref["note"]] if ref and ref.get("note") else []),
+          f"* Verdicts marked \"still converging\": the baseline was still rising when training stopped (it gained "
+          f"more than {CONVERGING_GAIN:g} points in its last epoch, or, without per-epoch values, ended more than "
+          f"{REFERENCE_GAP:g} points below the reference study's baseline), so such a difference says how fast an arm "
+          "learns in this short run, not where it ends.",
           "* Δ vs none: difference of means; SE(Δ) = sqrt(s²/n + s₀²/n₀) (Welch). \"exceeds spread\" means "
           "|Δ| > 2·SE(Δ); with few seeds this is a rough screen, not a significance test.", "",
           "A seed fixes the data order and augmentation for every arm, so each arm is also compared with the "
@@ -281,7 +421,8 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
           "standard error std(Δ)/√n.", "",
           *per_seed,
           *(["Stacked arms against their parts (same pairing by seed):", "", stacked, ""] if stacked else []),
-          f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed).", "",
+          ("Rebuilt with --report-only: nothing was trained in this invocation." if report_only else
+           f"Wall time of this invocation: {wall:.0f} s (finished runs read back are not re-timed)."), "",
           *([f"Plots: {', '.join(plots)}."] if plots else [])]
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     print_table(shown, columns, headers, title=f"{task.title} ({wall:.0f} s)")
