@@ -253,7 +253,7 @@ def _markdown(rows: list[dict[str, Any]], kinds: list[str], args: argparse.Names
              "Each case: `verify_attach(build, kind)` (convattn.models.verify): inserted modules, identity at insertion "
              "with `identity=True` (eval and train mode, <= 1e-5 relative), one SGD step without the identity form "
              "moves inserted parameters, state dict round trip into a fresh attach.", "",
-             f"**{ok} of {len(run)} cases work ({100 * ok / max(len(run), 1):.0f} %)** over "
+             f"**{ok} of {len(run)} cases work ({100 * ok / max(len(run), 1):.1f} %)** over "
              f"{len({r['arch'] for r in run})} architectures.", "",
              "| source | architectures | cases | ok | refused | failed |", "|---|---|---|---|---|---|"]
     for src in dict.fromkeys(r["source"] for r in rows):
