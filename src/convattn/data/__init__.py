@@ -98,13 +98,17 @@ def build_data(name: str = "embedded", data_dir: str | os.PathLike | None = None
     after the augmentation at the images' own size; default: the images' size), ``rgb`` makes grey images three
     identical channels, and ``norm`` = (mean, std, where they come from) replaces the normalisation with the
     training images' own statistics (one value serves every channel).
+
+    ``flip``: random horizontal flips in training, for folders and in-memory data sets alike (``--no-hflip`` turns
+    them off for data whose class a mirror changes: digits, text).
     """
     key = resolve_name(name)
     eval_batch_size = eval_batch_size or batch_size
     if key == "folder":
         if data_dir is None:
             raise FileNotFoundError("--data folder needs --data-dir pointing to a tree with train/ and val/ sub-folders")
-        cfg = resolve_folder_data_config(survey_folder(data_dir), model_cfg or IMAGENET_DATA_CFG, image_size, pretrained)
+        cfg = resolve_folder_data_config(survey_folder(data_dir), model_cfg or IMAGENET_DATA_CFG, image_size,
+                                         pretrained, hflip=flip)
         common = dict(data_cfg=cfg, workers=workers, seed=seed, rank=rank, world_size=world_size)
         train = FolderLoader(data_dir, "train", batch_size, True, **common)
         val = FolderLoader(data_dir, "val", eval_batch_size, False, **common)

@@ -73,13 +73,15 @@ class FolderDataConfig:
     augment: str  # "pad_crop" (small images) | "random_resized_crop"
     pad: int
     source: dict[str, str] = field(default_factory=dict)
+    hflip: bool = True  # random horizontal flips in training (--hflip/--no-hflip; timm's convention: on)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
         c, h, w = self.input_size
-        aug = f"pad {self.pad} + random crop + flip" if self.augment == "pad_crop" else "RandomResizedCrop + flip"
+        flip = " + flip" if self.hflip else " (no flip)"
+        aug = (f"pad {self.pad} + random crop" if self.augment == "pad_crop" else "RandomResizedCrop") + flip
         chans = f", channels: {self.source['channels']}" if self.source.get("channels") else ""
         return (f"input {c}x{h}x{w} ({self.source.get('input_size', '')}), crop_pct {self.crop_pct}, "
                 f"{self.interpolation}, mean/std {_fmt(self.mean)}/{_fmt(self.std)} ({self.source.get('mean', '')}), "
@@ -186,13 +188,14 @@ def survey_folder(root: str | os.PathLike, sample: int = 256) -> FolderSurvey:
 
 
 def resolve_folder_data_config(survey: FolderSurvey, model_cfg: dict[str, Any], image_size: int | None = None,
-                               pretrained: bool = False) -> FolderDataConfig:
+                               pretrained: bool = False, hflip: bool = True) -> FolderDataConfig:
     """The input pipeline for ``survey``'s images and a model's data cfg (timm ``pretrained_cfg`` keys
     ``input_size``, ``crop_pct``, ``interpolation``, ``mean``, ``std``).
 
     Size: ``image_size`` if given; else the model's input size, or the images' own (shorter median side) when they
     are smaller, which are then not cropped. Channels: one for grey images unless pretrained weights are loaded.
-    Normalisation: the model's for pretrained weights, else the images' own.
+    Normalisation: the model's for pretrained weights, else the images' own. ``hflip``: random horizontal flips
+    in training (the caller's choice: whether a mirror changes an image's class cannot be told from the images).
     """
     src: dict[str, str] = {}
     model_side = int(model_cfg["input_size"][-1])
@@ -226,4 +229,5 @@ def resolve_folder_data_config(survey: FolderSurvey, model_cfg: dict[str, Any], 
     small = side <= SMALL_IMAGE
     return FolderDataConfig((chans, side, side), tuple(mean), tuple(std), crop,
                             str(model_cfg.get("interpolation", "bilinear")),
-                            "pad_crop" if small else "random_resized_crop", max(1, side // 8) if small else 0, src)
+                            "pad_crop" if small else "random_resized_crop", max(1, side // 8) if small else 0, src,
+                            bool(hflip))

@@ -49,7 +49,7 @@ class TensorLoader(_EpochLoader):
         batch_size: Global batch size (split across ranks).
         train: Shuffle, drop the last partial batch and augment (random crop after zero padding, h-flip).
         mean, std: Per-channel normalisation (on the 0..1 scale) of the batches as yielded.
-        pad, flip: Augmentation settings (pad 0 disables the crop).
+        pad, flip: Augmentation settings (pad 0 disables the crop; ``flip``: random horizontal flips).
         size: Resize every batch to ``size`` x ``size`` (bilinear, after the augmentation; antialiased when
             shrinking); None keeps the images' size.
         rgb: Yield grey images as three identical channels (timm's convention for RGB-pretrained stems).
@@ -125,17 +125,18 @@ class TensorLoader(_EpochLoader):
 def folder_transform(cfg: "FolderDataConfig", train: bool):
     """The image transform of a folder data config: small images are resized (if needed) to the input size, then
     padded, randomly cropped and flipped as in the CIFAR recipes; larger ones go through timm's ImageNet transforms
-    (RandomResizedCrop + flip for training, resize + centre crop at ``crop_pct`` for evaluation)."""
+    (RandomResizedCrop + flip for training, resize + centre crop at ``crop_pct`` for evaluation). Training flips
+    only when ``cfg.hflip`` is on (``--no-hflip``: none)."""
     from torchvision import transforms as T
     size = cfg.input_size[-1]
     if cfg.augment == "pad_crop":
         from timm.data.transforms import str_to_interp_mode
         steps = [T.Resize(size, interpolation=str_to_interp_mode(cfg.interpolation)), T.CenterCrop(size)]
         if train:
-            steps += [T.RandomCrop(size, padding=cfg.pad), T.RandomHorizontalFlip()]
+            steps += [T.RandomCrop(size, padding=cfg.pad)] + ([T.RandomHorizontalFlip()] if cfg.hflip else [])
         return T.Compose(steps + [T.ToTensor(), T.Normalize(cfg.mean, cfg.std)])
     from timm.data import create_transform
-    return create_transform(size, is_training=train, hflip=0.5 if train else 0.0, color_jitter=None,
+    return create_transform(size, is_training=train, hflip=0.5 if train and cfg.hflip else 0.0, color_jitter=None,
                             mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
 
 
