@@ -100,34 +100,13 @@ def setting_of(cause: str, args: argparse.Namespace) -> str:
 
 
 def _residual_scale():
-    try:
-        from convattn.models.attach import ResidualScale
-        return ResidualScale
-    except ImportError:  # attach.py being rewritten: the same module, spelled out (y = x + s (m(x) - x), s0 = 0)
-        from convattn.layers import AttentionModule
-
-        class ResidualScale(AttentionModule):
-            def __init__(self, module: nn.Module) -> None:
-                super().__init__()
-                self.module = module
-                self.scale = nn.Parameter(torch.zeros(()))
-
-            def reset_attention_parameters(self) -> None:
-                nn.init.zeros_(self.scale)
-
-            def no_weight_decay(self) -> set[str]:
-                return {"scale"}
-
-            def attention(self, x):
-                return self.module.attention(x)
-
-            def forward(self, x):
-                return x + self.scale.to(x.dtype) * (self.module(x) - x)
-        return ResidualScale
+    from convattn.models.attach import ResidualScale
+    return ResidualScale
 
 
 def wrap_identity(model: nn.Module) -> int:
-    """Wrap every block-output attention (``block.attn``, not Identity) in ResidualScale; returns how many."""
+    """Wrap every attached output attention (a module's ``attn`` child, e.g. ``layer1.0.bn2.attn``) in ResidualScale;
+    returns how many."""
     rs = _residual_scale()
     n = 0
     for block in [m for m in model.modules() if isinstance(getattr(m, "attn", None), nn.Module)]:
