@@ -90,7 +90,7 @@ def attention_statistics(model: nn.Module, x: torch.Tensor) -> list[dict[str, An
 
 
 def _last_stage(model: nn.Module) -> nn.Module:
-    """The ResNet's last non-empty stage; in other CNNs the last residual block ``attach`` recognises."""
+    """The ResNet's last non-empty stage; in other CNNs the last block ``attach`` finds."""
     for name in ("layer4", "layer3"):
         stage = getattr(model, name, None)
         if isinstance(stage, nn.Sequential) and len(stage) > 0:
@@ -99,7 +99,7 @@ def _last_stage(model: nn.Module) -> nn.Module:
     blocks = find_blocks(model)
     if blocks:
         return blocks[-1].module if blocks[-1].module is not None else blocks[-1].target
-    raise ValueError(f"Grad-CAM needs a ResNet (layer3/layer4) or a CNN of blocks attach recognises; "
+    raise ValueError(f"Grad-CAM needs a ResNet (layer3/layer4) or a CNN in which attach finds blocks; "
                      f"{type(model).__name__} has neither")
 
 

@@ -9,7 +9,7 @@ parameters themselves train whenever their stage is trainable. AWConv2d works pe
 image size the detector's transform produces is fine.
 
 Other CNNs (:func:`cnn_fpn_backbone`): the FPN takes the output of the last block of each of the last four stages
-(output strides 4, 8, 16, 32 in the usual CNNs), found from the blocks ``attach`` recognises and one dry forward
+(output strides 4, 8, 16, 32 in the usual CNNs), found from the blocks ``attach`` reads off one dry forward
 pass, so channel counts are never written down. The body's BatchNorms are frozen before the modules are attached.
 """
 from __future__ import annotations

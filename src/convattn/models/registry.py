@@ -31,7 +31,7 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
 
 def list_models(backbones: bool = False) -> list[str]:
     """Registered model names; with ``backbones=True`` also the verified timm/torchvision backbones (any other
-    ``"timm:<name>"`` / ``"torchvision:<name>"`` CNN built from recognised blocks works too)."""
+    ``"timm:<name>"`` / ``"torchvision:<name>"`` CNN works too: attach reads its blocks off its computation)."""
     own = sorted(_MODELS, key=lambda n: (n.rstrip("0123456789"), int("0" + n[len(n.rstrip("0123456789")):])))
     return own + list(VERIFIED_BACKBONES) if backbones else own
 
