@@ -13,14 +13,9 @@ from PIL import Image
 from convattn.cli import main
 from convattn.engine.checkpoint import RunInUseError, RunLockError, clean_stale_temporaries, run_lock
 from convattn.validate import ConfigError
+from _errors import one_line_error  # noqa: E402 - beside this file (pytest puts its folder on sys.path)
 
 
-def _one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
-    return err
 
 
 def _folder(root, classes=("a", "b"), n=8, size=16, colour=True, split_sizes=None):
@@ -52,7 +47,7 @@ def test_lock_that_links_outside_is_refused_and_never_written(tmp_path, capsys, 
         with run_lock(out):
             pass
     assert main(["train", "--out", str(out), "--train-size", "32", *_TRAIN]) == 2
-    _one_line_error(capsys, ".lock is a " + ("symbolic link" if link == "symlink" else "hard link"),
+    one_line_error(capsys, ".lock is a " + ("symbolic link" if link == "symlink" else "hard link"),
                     "must be a regular file")
     assert target.read_text() == "keep me"
     assert not (out / "checkpoints").exists()
@@ -104,7 +99,7 @@ def test_empty_out_is_refused(tmp_path, capsys, monkeypatch, argv):
     """Case 3: train --out '' wrote the run into the current folder (Path('') is '.')."""
     monkeypatch.chdir(tmp_path)
     assert main([*argv, "--out", ""]) == 2
-    _one_line_error(capsys, "--out '' names no folder")
+    one_line_error(capsys, "--out '' names no folder")
     assert list(tmp_path.iterdir()) == []
     from convattn.tasks.classification import TrainConfig, train
     with pytest.raises(ConfigError, match="out \\(--out\\) '' names no folder"):
@@ -116,7 +111,7 @@ def test_empty_out_is_refused(tmp_path, capsys, monkeypatch, argv):
 def test_export_with_no_format_is_refused(tmp_path, capsys, formats):
     """Case 4: export --formats '' / ',' exited 0 and wrote nothing."""
     assert main(["export", "--model", "resnet20", "--formats", formats, "--out", str(tmp_path / "x")]) == 2
-    _one_line_error(capsys, f"formats (--formats) {formats!r} names no format; give onnx, torchscript or both")
+    one_line_error(capsys, f"formats (--formats) {formats!r} names no format; give onnx, torchscript or both")
     assert not (tmp_path / "x").exists()
 
 
@@ -124,7 +119,7 @@ def test_export_with_no_format_is_refused(tmp_path, capsys, formats):
 def test_compare_time_budget_must_be_finite_minutes(tmp_path, capsys, value):
     """Case 5: compare --time-budget nan was accepted (NaN in budget.json)."""
     assert main(["compare", f"--time-budget={value}", "--out", str(tmp_path / "s")]) == 2
-    _one_line_error(capsys, "time_budget (--time-budget) must be a number >= 0 (minutes > 0, or 0 for no budget), got")
+    one_line_error(capsys, "time_budget (--time-budget) must be a number >= 0 (minutes > 0, or 0 for no budget), got")
     assert not (tmp_path / "s").exists()
     from convattn.study.budget import size_study
     with pytest.raises(ConfigError, match="time_budget"):
@@ -142,7 +137,7 @@ def test_folder_class_without_images_is_refused_by_name(tmp_path, capsys, conten
     if content == "readme":
         (empty / "README.md").write_text("no images here")
     assert main(["train", "--data", "folder", "--data-dir", str(root), "--out", str(tmp_path / "run"), *_TRAIN]) == 2
-    _one_line_error(capsys, f"class folder {empty} has no image file",
+    one_line_error(capsys, f"class folder {empty} has no image file",
                     "it holds only README.md" if content == "readme" else "it is empty")
     from convattn.data.loaders import _CheckedImageFolder
     with pytest.raises(FileNotFoundError, match=f"class folder {empty} has no image file"):
@@ -231,7 +226,7 @@ def test_resume_with_another_time_budget_says_the_stored_recipe_is_kept(tmp_path
 def test_huge_sizes_and_seed_counts_are_range_checked(tmp_path, capsys, argv, message):
     """Case 8: allocator error, OverflowError and a bare MemoryError."""
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
-    _one_line_error(capsys, message)
+    one_line_error(capsys, message)
     assert not (tmp_path / "o").exists()
 
 
@@ -289,7 +284,7 @@ def test_corrupt_config_json_is_named(folder_run, tmp_path, capsys, content):
     (run / "config.json").write_bytes(content.encode("latin-1"))
     capsys.readouterr()
     assert main(["eval", "--run", str(run)]) == 2
-    _one_line_error(capsys, f"{run / 'config.json'} is corrupt")
+    one_line_error(capsys, f"{run / 'config.json'} is corrupt")
 
 
 def test_eval_on_a_folder_with_other_classes_names_the_class_mismatch(folder_run, tmp_path, capsys):
@@ -298,7 +293,7 @@ def test_eval_on_a_folder_with_other_classes_names_the_class_mismatch(folder_run
     other = _folder(tmp_path / "other", classes=("cat", "dog", "owl"), n=2)
     capsys.readouterr()
     assert main(["eval", "--run", str(out), "--data", "folder", "--data-dir", str(other)]) == 2
-    _one_line_error(capsys, f"class mismatch: {other} has the classes 3 [cat, dog, owl], but the run {out} was "
+    one_line_error(capsys, f"class mismatch: {other} has the classes 3 [cat, dog, owl], but the run {out} was "
                             "trained on 2 [a, b]")
     same = _folder(tmp_path / "same", split_sizes=dict(train=1, val=2))  # the run's classes, fewer images than its batch: evaluated
     assert main(["eval", "--run", str(out), "--data", "folder", "--data-dir", str(same)]) == 0
@@ -309,7 +304,7 @@ def test_images_too_small_for_the_models_are_refused(tmp_path, capsys):
     """Case 13: a folder of 1x1 images trained into "loss became nan"."""
     root = _folder(tmp_path / "data", size=1)
     assert main(["train", "--data", "folder", "--data-dir", str(root), "--out", str(tmp_path / "run"), *_TRAIN]) == 2
-    _one_line_error(capsys, "are 1x1 pixels", "too small for the models: at least 8x8",
+    one_line_error(capsys, "are 1x1 pixels", "too small for the models: at least 8x8",
                     "give --image-size 8 or more to upscale them")
     assert not (tmp_path / "run" / "config.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
     from convattn.data import resolve_folder_data_config, survey_folder

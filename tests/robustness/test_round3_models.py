@@ -12,16 +12,11 @@ from convattn.cli import main
 from convattn.models import load_pretrained
 from convattn.models.helpers import added_keys
 from convattn.models.backbones import load_state_file
+from _errors import one_line_error  # noqa: E402 - beside this file (pytest puts its folder on sys.path)
 
 _TRAIN = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--quiet", "--train-size", "32"]
 
 
-def _one_line_error(capsys, *fragments):
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
-    return err
 
 
 def _save(tmp_path, name, model):
@@ -105,13 +100,13 @@ def test_cli_refuses_a_partial_file_and_names_the_option(weights, tmp_path, caps
     of ResNet-20 matches, 54 tensors of the file unused) too."""
     assert main(["train", "--model", "torchvision:resnet18", "--pretrained-path", str(weights["r20"]),
                  "--out", str(tmp_path / "a"), *_TRAIN]) == 2
-    _one_line_error(capsys, "another network's weights", "--pretrained-partial", str(weights["r20"]))
+    one_line_error(capsys, "another network's weights", "--pretrained-partial", str(weights["r20"]))
     assert main(["train", "--pretrained-path", str(weights["r32"]), "--out", str(tmp_path / "b"), *_TRAIN]) == 2
-    _one_line_error(capsys, "tensors of the file would be left unused", "--pretrained-partial")
+    one_line_error(capsys, "tensors of the file would be left unused", "--pretrained-partial")
     assert main(["train", "--pretrained-path", str(weights["r32"]), "--pretrained-partial", "--out",
                  str(tmp_path / "c"), *_TRAIN]) == 0
     assert main(["train", "--pretrained-partial", "--out", str(tmp_path / "d"), *_TRAIN]) == 2
-    _one_line_error(capsys, "--pretrained-partial", "no --pretrained-path is given")
+    one_line_error(capsys, "--pretrained-partial", "no --pretrained-path is given")
 
 
 # --- 2. num_classes=0 means pooled features everywhere ---------------------------------------------------------------
@@ -156,7 +151,7 @@ def test_unreadable_safetensors_is_one_line_naming_the_file(tmp_path, capsys, co
     with pytest.raises(ValueError, match="cannot read weights from .*w.safetensors as safetensors"):
         load_state_file(path)
     assert main(["train", "--pretrained-path", str(path), "--out", str(tmp_path / "run"), *_TRAIN]) == 2
-    _one_line_error(capsys, str(path), "safetensors")
+    one_line_error(capsys, str(path), "safetensors")
 
 
 def test_a_directory_as_weights_says_it_is_a_directory(tmp_path, capsys):
@@ -164,7 +159,7 @@ def test_a_directory_as_weights_says_it_is_a_directory(tmp_path, capsys):
     with pytest.raises(ValueError, match="is a directory; a weights file is expected"):
         load_state_file(tmp_path)
     assert main(["train", "--pretrained-path", str(tmp_path), "--out", str(tmp_path / "run"), *_TRAIN]) == 2
-    err = _one_line_error(capsys, f"{tmp_path} is a directory; a weights file is expected")
+    err = one_line_error(capsys, f"{tmp_path} is a directory; a weights file is expected")
     assert "does not exist" not in err
 
 
@@ -178,7 +173,7 @@ def test_vision_transformer_is_refused_as_not_a_cnn(tmp_path, capsys):
     assert create_model("timm:vit_tiny_patch16_224", num_classes=3).num_classes == 3  # plain: still fine
     assert main(["train", "--model", "timm:vit_tiny_patch16_224", "--attn", "se", "--out", str(tmp_path),
                  *_TRAIN]) == 2
-    _one_line_error(capsys, "is not a CNN convattn can attach to", "patch embedding")
+    one_line_error(capsys, "is not a CNN convattn can attach to", "patch embedding")
 
 
 # --- 5. timm's features_only with the caller's feature_cfg -----------------------------------------------------------

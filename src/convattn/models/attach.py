@@ -34,7 +34,6 @@ forward through ``super()``); torch.fx, ``torch.export`` and ONNX export trace t
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -151,8 +150,8 @@ def _too_small(p: Pass, blocks: list[Block]) -> bool:
     return any(p.size // max(b.reduction, 1) <= 1 for b in blocks)
 
 
-def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pass, list[Block], list[str]]:
-    """The recorded dry pass of ``model``, its blocks (stage and index set) and notes.
+def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pass, list[Block], list[int], list[str]]:
+    """The recorded dry pass of ``model``, its blocks (stage and index set), blocks per stage and notes.
 
     ``dry_run_size`` None: the model's declared input size (timm ``pretrained_cfg``, at most 256), else 32 x the
     first convolution's stride; doubled (up to 1024) while some block sees a 1 x 1 map (deeper strides could not be
@@ -191,8 +190,7 @@ def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pas
                     notes.append("no residual, split, dense or multi-branch block: a stage is a run of layers at "
                                  "one output stride, its output the last of them")
             if not _too_small(p, blocks):
-                assign_stages(blocks)
-                return p, blocks, notes
+                return p, blocks, assign_stages(blocks), notes
             if explicit:
                 raise ValueError(f"attach: dry_run_size={size} is too small for {type(model).__name__}: some of its "
                                  f"blocks see 1 x 1 maps, so their strides cannot be told apart; use "
@@ -210,9 +208,8 @@ def find_blocks(model: nn.Module, dry_run_size: int | None = None) -> list[Block
 
 def stage_blocks(model: nn.Module, dry_run_size: int | None = None) -> tuple[list[Block], list[int]]:
     """The blocks of ``model`` and the number of blocks per stage."""
-    blocks = find_blocks(model, dry_run_size)
-    reds = sorted({b.reduction for b in blocks})
-    return blocks, [sum(1 for b in blocks if b.reduction == r) for r in reds]
+    _, blocks, counts, _ = network_pass(model, dry_run_size)
+    return blocks, counts
 
 
 # --- the report ---
@@ -496,8 +493,7 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
     if isinstance(where, str) and where != "all":
         resolve_placement(where)  # unknown rule names fail before the dry pass
 
-    p, blocks, notes = network_pass(model, dry_run_size)
-    counts = [sum(1 for b in blocks if b.stage == s) for s in range(max((b.stage for b in blocks), default=-1) + 1)]
+    p, blocks, counts, notes = network_pass(model, dry_run_size)
     num_stages = len(counts)
     finest = min((b.reduction for b in blocks), default=1)
     report = AttachReport(blocks_per_stage=counts, identity=identity, dry_run_size=p.size, notes=notes,

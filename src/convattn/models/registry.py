@@ -8,9 +8,8 @@ from torch import nn
 
 from ..layers.create_attn import get_attn_spec, split_attn_name
 from .attach import attach
-from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name, load_state_file
-from .helpers import load_pretrained
-from .resnet import BasicBlock, Bottleneck, ResNet, upgrade_state_dict
+from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name
+from .resnet import BasicBlock, Bottleneck, ResNet
 
 __all__ = ["create_model", "default_data_cfg", "list_models", "register_model", "parse_variant", "Variant", "variant_name", "DEFAULT_VARIANTS"]
 
