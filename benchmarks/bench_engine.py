@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 
-from convattn.models import parse_variant  # noqa: F401  (validates variant names early)
 from convattn.report import atomic_write_text, to_markdown, write_csv
 from convattn.engine import create_scheduler, param_groups, seed_all
 from convattn.tasks.classification import TrainConfig, build_model, data_for, evaluate, resolve_config, train

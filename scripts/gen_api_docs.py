@@ -32,6 +32,12 @@ API: list[tuple[str, list[str]]] = [
                           "measure_latency", "Timing"]),
     ("convattn.export", ["export_model", "export_onnx", "export_torchscript", "export_mode", "verify_export",
                          "run_onnx"]),
+    ("convattn.tasks.classification", ["TrainConfig", "train", "evaluate_run", "load_run", "CompareConfig",
+                                       "run_compare", "resolve_compare"]),
+    ("convattn.tasks.detection.run", ["DetectConfig", "train_detector", "evaluate_detector", "load_detector_run",
+                                      "predict"]),
+    ("convattn.tasks.detection.study", ["compare_detection"]),
+    ("convattn.engine.run", ["RunConfig"]),
 ]
 
 # Every name of these modules' __all__ must appear in API (checked by tests/test_api_docs.py); names left out

@@ -22,8 +22,8 @@ CORE_SCRIPT = textwrap.dedent("""
     import convattn
     from convattn import attach, create_model
     # every subpackage imports: optional packages are imported inside the functions that need them
-    import convattn.analysis, convattn.cli, convattn.detection, convattn.export, convattn.models.pretrained
-    import convattn.profile, convattn.study
+    import convattn.analysis, convattn.cli, convattn.tasks.detection, convattn.export, convattn.models.pretrained
+    import convattn.profile, convattn.study, convattn.tasks.classification
     from convattn.cli import main
     with contextlib.redirect_stdout(io.StringIO()) as help_text:
         try:
@@ -104,17 +104,17 @@ def _verify_onnx(tmp_path):
 
 
 def _coco_data(tmp_path):
-    from convattn.detection import CocoDetection
+    from convattn.tasks.detection import CocoDetection
     CocoDetection(tmp_path, tmp_path / "instances.json")
 
 
 def _synthetic_coco(tmp_path):
-    from convattn.detection import make_synthetic_coco
+    from convattn.tasks.detection import make_synthetic_coco
     make_synthetic_coco(tmp_path, n_train=1, n_val=1)
 
 
 def _train_detector(tmp_path):
-    from convattn.detection.engine import DetectConfig, train_detector
+    from convattn.tasks.detection.run import DetectConfig, train_detector
     train_detector(DetectConfig(out=str(tmp_path)))
 
 
@@ -167,7 +167,7 @@ def test_feature_names_its_extra(hidden, feature, dist, extra, monkeypatch, tmp_
 
 
 def test_detection_set_without_scikit_image_uses_plain_canvases(monkeypatch):
-    from convattn.detection.data import _backgrounds
+    from convattn.tasks.detection.data import _backgrounds
     _hide(monkeypatch, "skimage")
     assert _backgrounds() == []
 

@@ -11,9 +11,9 @@ from torchvision.ops import FrozenBatchNorm2d
 pytest.importorskip("pycocotools")
 
 from convattn.cli import main  # noqa: E402
-from convattn.detection import (AnnotationError, CocoDetection, VocDetection, create_detector,  # noqa: E402
+from convattn.tasks.detection import (AnnotationError, CocoDetection, VocDetection, create_detector,  # noqa: E402
                                 load_backbone_weights, make_synthetic_coco, resnet_fpn_backbone)
-from convattn.detection.engine import DetectConfig, train_detector  # noqa: E402
+from convattn.tasks.detection.run import DetectConfig, train_detector  # noqa: E402
 from convattn.layers import CBAM  # noqa: E402
 from convattn.models import create_model  # noqa: E402
 
@@ -162,10 +162,10 @@ def test_synthetic_set_is_reproducible_with_exact_boxes(tmp_path):
 
 def test_train_eval_predict_tiny(tmp_path, monkeypatch):
     monkeypatch.setenv("CONVATTN_CACHE", str(tmp_path / "cache"))
-    import convattn.detection.data as dd
+    import convattn.tasks.detection.data as dd
     monkeypatch.setattr(dd, "embedded_detection_root",
                         lambda cache_dir=None: make_synthetic_coco(tmp_path / "cache" / "det", n_train=8, n_val=4))
-    import convattn.detection.engine as eng
+    import convattn.tasks.detection.run as eng
     monkeypatch.setattr(eng, "embedded_detection_root", dd.embedded_detection_root)
     res = train_detector(DetectConfig(detector="maskrcnn", variant="aw", epochs=1, batch_size=4, out=str(tmp_path / "r"),
                                       progress=False, threads=2))
@@ -178,10 +178,10 @@ def test_train_eval_predict_tiny(tmp_path, monkeypatch):
 
 
 def test_detection_compare_tiny(tmp_path, monkeypatch):
-    import convattn.detection.engine as eng
+    import convattn.tasks.detection.run as eng
     monkeypatch.setattr(eng, "embedded_detection_root",
                         lambda cache_dir=None: make_synthetic_coco(tmp_path / "det", n_train=8, n_val=4))
-    from convattn.study.detection import compare_detection
+    from convattn.tasks.detection.study import compare_detection
     cfg = DetectConfig(epochs=1, batch_size=4, progress=False, threads=2, train_size=4, val_size=2)
     rows = compare_detection(cfg, ["steam@all"], [0, 1], tmp_path / "study")
     assert [r["variant"] for r in rows] == ["none", "steam@all"] and "bbox_AP_mean" in rows[0]

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 pytest.importorskip("pycocotools")
 
-from convattn.detection import make_synthetic_coco  # noqa: E402
-from convattn.detection.engine import DetectConfig, load_detector_run, train_detector  # noqa: E402
+from convattn.tasks.detection import make_synthetic_coco  # noqa: E402
+from convattn.tasks.detection.run import DetectConfig, load_detector_run, train_detector  # noqa: E402
 from convattn.engine import CheckpointError, create_scheduler, latest_checkpoint  # noqa: E402
 
 TINY = dict(data="coco", epochs=2, batch_size=4, warmup_iters=3, milestones=[1], train_size=8, val_size=2,
@@ -113,3 +113,39 @@ def test_detection_torchrun_two_processes(tmp_path):
     wb = load_file(str(tmp_path / "one/checkpoints/epoch_0001/model.safetensors"))
     key = "roi_heads.box_predictor.cls_score.weight"
     assert (wa[key] - wb[key]).norm() / wb[key].norm() < 0.1
+
+
+def test_detection_optimizer_has_classifications_parameter_groups(tmp_path):
+    """Detection builds its optimizer as classification does (convattn.engine.run.build_sgd): attention at
+    attn_lr_mult x the rate, no weight decay on what modules declare (GCT's beta), frozen stages left out; the
+    settings are resume-checked and reach the trained run's optimizer state."""
+    from convattn.engine.optim import attention_parameter_names
+    from convattn.engine.run import build_sgd
+    from convattn.tasks.detection.run import build_detector, resolve
+    cfg = resolve(DetectConfig(variant="gct+aw", attn_lr_mult=10.0, trainable_layers=3))
+    model = build_detector(cfg, num_classes=3)
+    opt = build_sgd(model, cfg)
+    by_param = {id(p): g for g in opt.param_groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    attn = {n for n in attention_parameter_names(model) if named[n].requires_grad}  # outside the frozen stages
+    assert attn and all(by_param[id(named[n])]["lr"] == pytest.approx(10 * cfg.lr) for n in attn)
+    betas = [n for n in named if n.endswith(".beta") and named[n].requires_grad]
+    assert betas and all(by_param[id(named[n])]["weight_decay"] == 0.0 for n in betas)
+    convs = [n for n in named if n.endswith(".weight") and named[n].ndim == 4 and n not in attn and named[n].requires_grad]
+    assert convs and all(by_param[id(named[n])]["weight_decay"] == cfg.weight_decay for n in convs)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert frozen and not any(id(p) in by_param for p in frozen)  # trainable_layers=3: the stem and stage 1
+    with pytest.raises(ValueError, match="attn_lr_mult must be a finite number > 0"):
+        resolve(DetectConfig(attn_lr_mult=0))
+    with pytest.raises(ValueError, match="wd_exclude must be one of"):
+        resolve(DetectConfig(wd_exclude="bias"))
+    # a run: the groups reach the checkpoint, and a changed multiplier is refused on resume
+    data = make_synthetic_coco(tmp_path / "coco", n_train=4, n_val=2)
+    opts = dict(TINY, data_dir=str(data), epochs=1, milestones=[], train_size=4, variant="gct", attn_lr_mult=10.0)
+    train_detector(DetectConfig(out=str(tmp_path / "r"), stop_after=1, **opts))
+    state = torch.load(latest_checkpoint(tmp_path / "r" / "checkpoints") / "state.pt", weights_only=True)
+    lrs = sorted({g["initial_lr"] for g in state["optimizer"]["param_groups"]})
+    assert lrs == pytest.approx([0.02, 0.2])  # batch 4: the preset's rate; attention 10 x
+    assert {g["weight_decay"] for g in state["optimizer"]["param_groups"]} == {0.0, 1e-4}
+    with pytest.raises(CheckpointError, match="attn_lr_mult: 10.0 -> 1.0"):
+        train_detector(DetectConfig(out=str(tmp_path / "r"), **{**opts, "attn_lr_mult": 1.0}))

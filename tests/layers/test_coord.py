@@ -71,7 +71,7 @@ def test_everywhere_without_code_of_its_own(tmp_path):
     from convattn.export import export_model, verify_export
     paths = export_model(model.eval(), tmp_path, "r20_coord", torch.randn(2, 1, 28, 28), ("onnx",), False)
     assert verify_export(model, paths["onnx"], "onnx", 1, 28) < 1e-4
-    from convattn.detection.backbone import resnet_fpn_backbone
+    from convattn.tasks.detection.backbone import resnet_fpn_backbone
     fpn = resnet_fpn_backbone("resnet18", variant="coord", frozen_bn=True, trainable_layers=5)
     frozen = [m for m in fpn.modules() if isinstance(m, CoordAttention)]
     assert frozen and all(type(m.bn1).__name__ == "FrozenBatchNorm2d" for m in frozen)

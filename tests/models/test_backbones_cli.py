@@ -57,7 +57,7 @@ def test_unknown_backbone_is_one_line(tmp_path, capsys):
 
 
 def test_detector_on_timm_and_torchvision_backbones():
-    from convattn.detection import create_detector
+    from convattn.tasks.detection import create_detector
     for backbone, variant in (("timm:regnety_002", "coord"), ("torchvision:mobilenet_v3_large", "steam+aw")):
         det = create_detector("fasterrcnn", backbone=backbone, variant=variant, num_classes=3, min_size=128,
                               max_size=128, trainable_layers=3)

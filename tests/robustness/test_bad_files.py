@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convattn.data.loaders import _CheckedImageFolder, open_image
+from convattn.data.files import open_image
+from convattn.data.loaders import _CheckedImageFolder
 from convattn.report import safe_name
 
 pytest.importorskip("pycocotools")
 
-from convattn.detection import AnnotationError, CocoDetection  # noqa: E402
+from convattn.tasks.detection import AnnotationError, CocoDetection  # noqa: E402
 
 
 def test_16_bit_png_is_scaled_not_clipped(tmp_path):

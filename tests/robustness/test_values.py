@@ -118,12 +118,12 @@ def test_compare_gives_module_options_to_the_variants_that_have_the_module(tmp_p
     """--attn-kwargs in a study: the attention runs get them, the baseline trains without them (it was refused)."""
     from dataclasses import asdict
 
-    from convattn.study import CompareConfig
-    from convattn.study.classification import _base_config, _variant_config
+    from convattn.tasks.classification import CompareConfig
+    from convattn.tasks.classification.study import study_recipe, arm_config
     cfg = CompareConfig(model="resnet20", variants=["steam", "aw"], train=dict(attn_kwargs={"weight_decay": False},
                                                                                epochs=1))
-    base = _base_config(cfg, ["none", "steam", "aw"])
-    runs = {v: _variant_config(base, v) for v in ("none", "steam", "aw")}
+    base = study_recipe(cfg, ["none", "steam", "aw"])
+    runs = {v: arm_config(base, v) for v in ("none", "steam", "aw")}
     assert runs["steam"].attn_kwargs == {"weight_decay": False}
     assert runs["none"].attn_kwargs == {} and runs["aw"].attn_kwargs == {}
     for rc in runs.values():  # each run's own config resolves (the baseline's was refused before)
@@ -183,7 +183,7 @@ def test_eval_prints_even_when_the_run_folder_is_read_only(tmp_path, capsys, mon
     assert main(["train", "--epochs", "1", "--train-size", "32", "--batch-size", "32", "--quiet", "--out",
                  str(out)]) == 0
     capsys.readouterr()
-    import convattn.tasks.classification as cls
+    import convattn.tasks.classification.run as cls
 
     def read_only(path, text):
         raise PermissionError(13, "Permission denied", str(path))
@@ -209,7 +209,7 @@ def test_eval_maps_predict_refuse_bad_values(argv, message, capsys):
 
 def test_compare_detection_passes_every_given_recipe_value(monkeypatch, tmp_path):
     """compare --task detection hands the detection recipe options on (it used to keep only 4 and drop the rest)."""
-    import convattn.study.detection as dc
+    import convattn.tasks.detection.study as dc
     seen = {}
     monkeypatch.setattr(dc, "compare_detection", lambda base, *a, **k: seen.setdefault("base", base))
     assert main(["compare", "--task", "detection", "--weight-decay", "0", "--momentum", "0.8", "--epochs", "2",
@@ -225,7 +225,7 @@ def test_every_config_field_is_an_option_declared_once():
     from dataclasses import fields
 
     from convattn.cli.tasks import _DETECT_OWN, _TRAIN_OWN, _detect_config
-    from convattn.detection.engine import DetectConfig
+    from convattn.tasks.detection.run import DetectConfig
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices
     for cmd, cls, own in (("train", TrainConfig, _TRAIN_OWN), ("compare", TrainConfig, _TRAIN_OWN),

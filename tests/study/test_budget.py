@@ -6,9 +6,9 @@ import pytest
 
 from convattn.cli import build_parser
 from convattn.cli.tasks import _compare_config
-from convattn.study import CompareConfig, run_compare
-from convattn.study import budget
-from convattn.study.budget import ArmCost, plan
+from convattn.tasks.classification import CompareConfig, run_compare
+from convattn.tasks.classification import budget
+from convattn.tasks.classification.budget import ArmCost, plan
 from convattn.validate import ConfigError
 
 # two arms: 1 ms per training image, 0.5 ms per evaluation image; 3 seeds, 2,000 validation images, 10 s fixed
@@ -55,14 +55,39 @@ def test_cli_budgets_the_default_study_only_where_its_size_is_not_given():
     assert (_config().time_budget_min, tuple(_config().budget_sizes)) == (15.0, ("train_size", "epochs"))
     cfg = _config("--epochs", "3")
     assert (cfg.time_budget_min, tuple(cfg.budget_sizes), cfg.train["epochs"]) == (15.0, ("train_size",), 3)
-    assert _config("--train-size", "500", "--epochs", "1").time_budget_min is None
-    assert _config("--model", "resnet32").time_budget_min is None
-    assert _config("--time-budget", "0").time_budget_min is None
+    assert _config("--train-size", "500", "--epochs", "1").time_budget_min == 0  # resolved: 0 = no budget
+    assert _config("--model", "resnet32").time_budget_min == 0
+    assert _config("--time-budget", "0").time_budget_min == 0
     assert _config("--model", "resnet32", "--time-budget", "5").time_budget_min == 5.0
     with pytest.raises(ConfigError, match="both are given"):
         _config("--time-budget", "5", "--train-size", "500", "--epochs", "1")
     with pytest.raises(ConfigError, match="minutes > 0"):
         _config("--time-budget", "-1")
+
+
+def test_api_and_cli_resolve_the_same_study(tmp_path):
+    """The budget policy lives in the library (resolve_compare), so run_compare(CompareConfig(...)) trains the study
+    `convattn compare` trains for the same arguments; resolving twice changes nothing."""
+    from dataclasses import asdict
+
+    from convattn.tasks.classification import resolve_compare
+
+    def same(cli, api):
+        a, b = asdict(cli), asdict(api)
+        for d in (a, b):
+            d["variants"], d["seeds"], d["budget_sizes"] = list(d["variants"]), list(d["seeds"]), list(d["budget_sizes"])
+        assert a == b
+
+    same(_config(), resolve_compare(CompareConfig(seeds=[0, 1, 2])))
+    assert resolve_compare(CompareConfig()).time_budget_min == 15.0
+    assert resolve_compare(resolve_compare(CompareConfig(time_budget_min=0))) == resolve_compare(CompareConfig(time_budget_min=0))
+    same(_config("--epochs", "3", "--model", "resnet32"),
+         resolve_compare(CompareConfig(model="resnet32", seeds=[0, 1, 2], train=dict(epochs=3))))
+    out = str(tmp_path / "s")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "study.json").write_text("{}")  # a study already in --out keeps its recipe: no default budget
+    same(_config("--out", out), resolve_compare(CompareConfig(out=out, seeds=[0, 1, 2])))
+    assert resolve_compare(CompareConfig(out=out)).time_budget_min == 0
 
 
 def test_budgeted_study_stores_its_recipe_and_keeps_it_when_resumed(tmp_path, monkeypatch, capsys):
@@ -92,10 +117,10 @@ def test_budgeted_study_stores_its_recipe_and_keeps_it_when_resumed(tmp_path, mo
 
 
 def test_measured_costs_are_per_image_and_training_costs_more_than_evaluation():
-    from convattn.study.classification import _base_config
+    from convattn.tasks.classification.study import study_recipe
     cfg = CompareConfig(variants=["eca"], seeds=[0], progress=False,
                         train=dict(train_size=256, epochs=1, batch_size=32, warmup_epochs=0.0))
-    costs = budget.measure_costs(_base_config(cfg, ["none", "eca"]), ["none", "eca"], min_steps=2, min_s=0.0)
+    costs = budget.measure_costs(study_recipe(cfg, ["none", "eca"]), ["none", "eca"], min_steps=2, min_s=0.0)
     assert [c.variant for c in costs] == ["none", "eca"]
     for c in costs:
         assert 0 < c.eval_s < c.train_s < 1.0  # seconds per image of a 28x28 ResNet-20

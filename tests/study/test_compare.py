@@ -6,8 +6,8 @@ import os
 import pytest
 
 from convattn.cli import main
-from convattn.study import CompareConfig, run_compare
-from convattn.study.classification import TOP1
+from convattn.tasks.classification import CompareConfig, run_compare
+from convattn.tasks.classification.study import TOP1
 from convattn.study.compare import _metric_cells, _stacked_table
 from convattn.study.stats import check_study, paired_deltas
 from convattn.tasks.classification import TrainConfig
@@ -131,13 +131,13 @@ def test_study_from_before_a_new_setting_still_resumes(tmp_path):
 
 def test_report_states_the_module_options_that_ran():
     """The report's module line comes from the constructors' defaults and the study's options (no fixed text)."""
-    from convattn.study.classification import _base_config, _module_lines
+    from convattn.tasks.classification.study import study_recipe, _module_lines
     cfg = CompareConfig(variants=["steam", "aw"], train=dict(epochs=1, attn_kwargs={"heads": 2, "channel_graph": "knn"},
                                                              conv_kwargs={"mode": "out"}))
-    line = _module_lines(_base_config(cfg, ["none", "steam", "aw"]), ["none", "steam", "aw"])
+    line = _module_lines(study_recipe(cfg, ["none", "steam", "aw"]), ["none", "steam", "aw"])
     assert "steam: d=8, heads=2" in line and "channel_graph='knn'" in line and "weight_decay=True" in line
     assert "aw: mode='out'" in line and "reduction=16" in line
-    assert "mode=full (CIFAR-ResNet default)" in _module_lines(_base_config(CompareConfig(), ["aw"]), ["aw"])
+    assert "mode=full (CIFAR-ResNet default)" in _module_lines(study_recipe(CompareConfig(), ["aw"]), ["aw"])
     from convattn.layers import module_options
     with pytest.raises(ValueError, match="se has no option.*heads.*valid: act_layer"):
         module_options("se", {"heads": 2})

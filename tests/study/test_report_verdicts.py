@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from convattn.study import CompareConfig, Metric, run_study
-from convattn.study import classification as cls
-from convattn.study.classification import ClassificationStudy, evidence_result, evidence_study
+from convattn.study import Metric, run_study
+from convattn.tasks.classification import CompareConfig
+from convattn.tasks.classification import study as cls
+from convattn.tasks.classification.study import ClassificationStudy, evidence_result, evidence_study
 from convattn.study.compare import CONVERGING_GAIN, training_progress, verdict_note
 
 # se is far behind the baseline in every seed (exceeds spread), eca level with it (within spread)

@@ -127,3 +127,35 @@ def test_timm_pretrained_stem_reads_grey_images_as_three_channels_with_the_model
     with_eca = build_model(TrainConfig(**{**cfg.__dict__, "variant": "eca", "identity": True}), data).eval()
     a, b = (evaluate(m, data.val, torch.device("cpu")) for m in (plain, with_eca))
     assert a == b
+
+
+def test_bn_eval_keeps_pretrained_statistics_for_the_whole_run(plain, tmp_path):
+    """--bn-eval: the pretrained BatchNorm running statistics never move (also after the freeze), while the weights,
+    BatchNorm scale and shift included, train after it; without it the statistics move once unfrozen."""
+    pre = load_file(plain[2])
+    stats = [k for k in pre if k.endswith(("running_mean", "running_var"))]
+    affine = [k.replace("running_mean", "weight") for k in stats if k.endswith("running_mean")]
+    for bn_eval in (True, False):
+        out = tmp_path / str(bn_eval)
+        train(TrainConfig(out=str(out), variant="se", identity=True, freeze_epochs=1, bn_eval=bn_eval,
+                          pretrained_path=plain[2], epochs=2, keep_last=2, **TINY))
+        ep2 = _ckpt(out, 2)
+        moved = [k for k in stats if not torch.equal(pre[k], ep2[k])]
+        assert (moved == []) if bn_eval else (len(moved) == len(stats)), (bn_eval, moved[:3])
+        assert all(not torch.equal(pre[k], ep2[k]) for k in affine)  # scale trains after the freeze either way
+    with pytest.raises(ConfigError, match=r"bn_eval \(--bn-eval\).*no --pretrained-path"):
+        resolve_config(TrainConfig(bn_eval=True))
+
+
+def test_a_new_head_starts_at_zero(plain, tmp_path):
+    """A head for another class count (the file's has 10 classes, this model 7) is zeroed after the load: uniform
+    predictions, loss ln(classes), and the printed start says so; a head the file provides is kept."""
+    import math
+    model = build_model(TrainConfig(pretrained_path=plain[2], pretrained_partial=True), num_classes=7, in_chans=1)
+    assert model.pretrained_report.zeroed_head == ["fc.bias", "fc.weight"]
+    assert not model.fc.weight.any() and not model.fc.bias.any()
+    logits = model.eval()(torch.randn(3, 1, 28, 28))
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 3, 6]))
+    assert loss.item() == pytest.approx(math.log(7), abs=1e-6)
+    kept = build_model(TrainConfig(pretrained_path=plain[2]), num_classes=10, in_chans=1)
+    assert kept.pretrained_report.zeroed_head == [] and torch.equal(kept.fc.weight, load_file(plain[2])["fc.weight"])

@@ -10,7 +10,7 @@ import pytest
 
 import convattn.data
 from convattn.cli import main
-from convattn.tasks.classification import (MIN_BATCH, MIN_UPDATES, TrainConfig, _resolve, few_updates_batch,
+from convattn.tasks.classification import (MIN_BATCH, MIN_UPDATES, TrainConfig, resolve_with_notes, few_updates_batch,
                                            resolve_config)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,12 +39,12 @@ def _fake_folder(monkeypatch, n):
 
 def test_folder_of_4000_images_for_3_epochs(monkeypatch):
     _fake_folder(monkeypatch, 4000)
-    cfg, notes = _resolve(TrainConfig(data="folder", data_dir="digits", epochs=3))
+    cfg, notes = resolve_with_notes(TrainConfig(data="folder", data_dir="digits", epochs=3))
     assert (cfg.preset, cfg.batch_size, cfg.lr) == ("small", 32, pytest.approx(0.025))  # 0.1 x 32 / 128
     assert cfg.epochs * (4000 // cfg.batch_size) == 375
     assert any(n.startswith("batch 32 (was 128): 4,000 images x 3 epochs would give 93 updates") and "lr 0.025"
                in n and "was 0.1" in n for n in notes), notes
-    long, notes = _resolve(TrainConfig(data="folder", data_dir="digits"))  # the preset's 30 epochs: enough
+    long, notes = resolve_with_notes(TrainConfig(data="folder", data_dir="digits"))  # the preset's 30 epochs: enough
     assert (long.batch_size, long.lr) == (128, 0.1) and not any("batch" in n for n in notes)
 
 
@@ -53,7 +53,7 @@ def test_folder_of_4000_images_for_3_epochs(monkeypatch):
 ])
 def test_given_batch_or_lr_is_never_changed(monkeypatch, given, want):
     _fake_folder(monkeypatch, 4000)
-    cfg, notes = _resolve(TrainConfig(data="folder", data_dir="digits", epochs=3, **given))
+    cfg, notes = resolve_with_notes(TrainConfig(data="folder", data_dir="digits", epochs=3, **given))
     assert (cfg.batch_size, cfg.lr) == want
     assert any(n.startswith(f"note: batch {want[0]}: 4,000 images x 3 epochs give") and "kept" in n for n in notes)
 
@@ -64,7 +64,7 @@ def test_in_memory_sets_and_idempotence():
     assert (resolve_config(TrainConfig()).batch_size, resolve_config(TrainConfig()).lr) == (128, 0.1)
     tiny = resolve_config(TrainConfig(train_size=1000, epochs=1))
     assert (tiny.batch_size, tiny.lr) == (MIN_BATCH, pytest.approx(0.1 * MIN_BATCH / 128))
-    again, notes = _resolve(short)  # a resolved config (compare re-resolves every run) keeps its values
+    again, notes = resolve_with_notes(short)  # a resolved config (compare re-resolves every run) keeps its values
     assert (again.batch_size, again.lr) == (64, 0.05)
     study = resolve_config(TrainConfig(train_size=4000, epochs=2, batch_size=32, lr=0.05, warmup_epochs=0.25))
     assert (study.batch_size, study.lr) == (32, 0.05)  # the default study's given recipe, untouched
@@ -106,7 +106,7 @@ def test_digits_folder_learns_with_the_resolved_recipe(tmp_path):
     assert counts["train"] == DIGITS_TRAIN and counts["val"] > 300
     assert not {p.name.split("_")[0] for p in (root / "train").rglob("*.png")} & \
         {p.stem for p in (root / "val").rglob("*.png")}  # validation digits never trained on
-    cfg, notes = _resolve(TrainConfig(data="folder", data_dir=str(root), epochs=3, hflip=False))
+    cfg, notes = resolve_with_notes(TrainConfig(data="folder", data_dir=str(root), epochs=3, hflip=False))
     assert cfg.batch_size == 16 and any(n.startswith("batch 16 (was 64): 2,000 images x 3 epochs would give 93 "
                                                      "updates") for n in notes), notes
     from convattn.tasks.classification import train

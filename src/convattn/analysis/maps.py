@@ -134,7 +134,7 @@ def load_image(path: str | os.PathLike, in_chans: int, size: int, mean, std) -> 
     """(normalised tensor (1, C, size, size), display image) from an image file; ValueError if unreadable."""
     from PIL import Image
 
-    from ..data.loaders import open_image
+    from ..data.files import open_image
     img = open_image(path, "L" if in_chans == 1 else "RGB")
     w, h = img.size  # resize the short side, centre crop
     s = size / min(w, h)
@@ -149,7 +149,7 @@ def load_image(path: str | os.PathLike, in_chans: int, size: int, mean, std) -> 
 
 def validation_images(cfg: Any, info: dict[str, Any], indices: list[int]) -> list[tuple[str, torch.Tensor, np.ndarray, int]]:
     """(name, normalised tensor (1, C, H, W), display image, label) for validation images of a run's data set."""
-    from ..tasks.classification import data_for
+    from ..tasks.classification.run import data_for
     data = data_for(cfg, 1, 1, workers=0)
     mean, std = torch.tensor(info["mean"]).view(-1, 1, 1), torch.tensor(info["std"]).view(-1, 1, 1)
     items = []

@@ -14,40 +14,42 @@ def _csv_list(s: str) -> list[str]:
     return [p.strip() for p in s.split(",") if p.strip()]
 
 
+# ProfileConfig fields the profile command declares itself (lists, the latency switch)
+_PROFILE_OWN = ("models", "variants", "latency", "model_kwargs")
+
+
 def _add_profile(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("profile", help="parameters, MACs and measured latency of models and attention variants",
                        description="Profile models and variants; latency ratios are to the plain model measured "
                                    "in the same run.")
-    p.add_argument("--models", type=_csv_list, default=["resnet50"], help="comma-separated model names")
+    from ..models import DEFAULT_VARIANTS
+    from ..profile import ProfileConfig
+    from .options import add_config_args
+    p.add_argument("--models", type=_csv_list, default=list(ProfileConfig.models), help="comma-separated model names "
+                   f"(default {','.join(ProfileConfig.models)})")
     p.add_argument("--variants", type=_csv_list, default=None,
-                   help="comma-separated variants (none, se, cbam, eca, gct, steam, aw, se+aw, cbam+aw, steam@all...)")
-    p.add_argument("--input-size", type=int, default=None, help="square input size (default 224 ImageNet / 32 CIFAR)")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile each model before timing")
+                   help=f"comma-separated variants (default {','.join(DEFAULT_VARIANTS)}; any variant string, e.g. "
+                        "steam@all)")
+    add_config_args(p, ProfileConfig, skip=_PROFILE_OWN)  # defaults and help from ProfileConfig
     p.add_argument("--no-latency", action="store_true", help="count params/MACs only")
-    p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--out", default=None, help="folder for profile.csv and profile.md")
     p.set_defaults(func=_run_profile)
 
 
 def _run_profile(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
     from ..models import DEFAULT_VARIANTS, list_models
-    from ..profile import ProfileConfig, profile, show_profile, write_profile
     from ..models.backbones import is_backbone_name
+    from ..profile import ProfileConfig, profile, show_profile, write_profile
+    from .options import config_kwargs
     for m in args.models:
         if m not in list_models() and not is_backbone_name(m):
             raise ValueError(f"Unknown model '{m}'. Valid names: {', '.join(list_models())}, or 'timm:<name>' / "
                              "'torchvision:<name>'")
+    given = config_kwargs(args, [f.name for f in fields(ProfileConfig) if f.name not in _PROFILE_OWN])
     cfg = ProfileConfig(models=args.models, variants=args.variants or list(DEFAULT_VARIANTS),
-                        input_size=args.input_size, batch_size=args.batch_size, device=args.device,
-                        threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                        channels_last=args.channels_last, compile=args.compile, latency=not args.no_latency,
-                        num_classes=args.num_classes)
+                        latency=not args.no_latency, **given)
     rows = profile(cfg)
     show_profile(rows, title="convattn profile (MACs: 10^9 multiply-accumulates)")
     if args.out:
@@ -97,7 +99,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
     from ..export import export_model, verify_export
     if args.run:
-        from ..tasks.classification import load_run
+        from ..tasks.classification.run import load_run
         cfg, info, model = load_run(args.run, use_ema=args.ema)
         name, in_chans, size = _file_stem(cfg.model, cfg.variant), info["in_chans"], info["image_size"]
     else:
@@ -135,7 +137,7 @@ def _run_maps(args: argparse.Namespace) -> int:
     from ..analysis.maps import attention_statistics, load_image, save_maps, save_statistics, validation_images
     from ..data import list_image_files
     from ..report import safe_name
-    from ..tasks.classification import load_run
+    from ..tasks.classification.run import load_run
     if args.stats is not None and args.stats < 2:
         raise ValueError(f"--stats needs at least 2 images, got {args.stats}")
     try:

@@ -107,52 +107,32 @@ def _run_compare(args: argparse.Namespace) -> int:
         if args.time_budget:
             raise ConfigError("--time-budget sizes classification studies; give the detection recipe (--epochs, "
                               "--train-size) instead")
-        from ..study import detection
-        detection.compare_detection(_detection_base(args), args.variants or ["steam", "aw"], seeds, args.out, command,
+        from ..tasks.detection.study import compare_detection
+        compare_detection(_detection_base(args), args.variants or ["steam", "aw"], seeds, args.out, command,
                                     args.report_only)
     else:
-        from ..study.classification import run_compare
+        from ..tasks.classification.study import run_compare
         run_compare(_compare_config(args, seeds), command)
     return 0
 
 
 def _compare_config(args: argparse.Namespace, seeds: list[int]):
-    import math
-    from pathlib import Path
-
+    """The study the arguments describe, resolved as the API resolves it (:func:`resolve_compare`: the default
+    study's recipe and time budget): the CLI and ``run_compare`` give the same study for the same arguments."""
     from ..models import DEFAULT_VARIANTS
-    from ..study.classification import DEFAULT_STUDY, CompareConfig
-    from ..validate import ConfigError
-    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):
-        raise ConfigError(f"time_budget (--time-budget) must be a number >= 0 (minutes > 0, or 0 for no budget), "
-                          f"got {args.time_budget!r}")
-    default_study = args.data == DEFAULT_STUDY["data"] and args.model == DEFAULT_STUDY["model"]
-    train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
-        if default_study else {}
-    given = _train_overrides(args)
-    train.update(given)
-    sizes = tuple(k for k in ("train_size", "epochs") if k not in given)  # what a time budget may size
-    budget = args.time_budget
-    if budget is None:  # the default study is budgeted unless its whole size (images and epochs) is given; a study
-        # already in --out keeps the recipe it started with (sized or not), so no default budget is implied then
-        started = (Path(args.out) / "study.json").exists()
-        budget = DEFAULT_STUDY["time_budget_min"] if default_study and sizes and not started else 0.0
-    if budget < 0:
-        raise ConfigError(f"--time-budget {budget:g}: give minutes > 0, or 0 for no budget")
-    if budget and not sizes:
-        raise ConfigError(f"--time-budget {budget:g} sizes --train-size and --epochs, but both are given; drop one "
-                          "of them, or --time-budget")
-    return CompareConfig(model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds,
-                         data=args.data, data_dir=args.data_dir, out=args.out, train=train, threads=args.threads,
-                         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only,
-                         time_budget_min=budget or None, budget_sizes=sizes)
+    from ..tasks.classification.study import CompareConfig, resolve_compare
+    return resolve_compare(CompareConfig(
+        model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds, data=args.data,
+        data_dir=args.data_dir, out=args.out, train=_train_overrides(args), threads=args.threads,
+        latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only,
+        time_budget_min=args.time_budget))
 
 
 def _detection_base(args: argparse.Namespace):
     """The detection recipe of ``compare --task detection``: every recipe option given, or a clear refusal."""
     from dataclasses import fields
 
-    from ..detection.engine import DetectConfig
+    from ..tasks.detection.run import DetectConfig
     from ..validate import ConfigError
     given = _train_overrides(args)
     foreign = sorted(k for k in given if k not in {f.name for f in fields(DetectConfig)})
@@ -170,7 +150,7 @@ _DETECT_OWN = ("variant", "seed", "out", "resume", "progress")
 
 def _detect_args(p: argparse.ArgumentParser) -> None:
     """Every DetectConfig field as an option (help, type and choices from the dataclass)."""
-    from ..detection.engine import DetectConfig
+    from ..tasks.detection.run import DetectConfig
     g = p.add_argument_group("detection recipe (defaults from --preset)")
     add_config_args(g, DetectConfig, skip=_DETECT_OWN)
     g.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -179,13 +159,13 @@ def _detect_args(p: argparse.ArgumentParser) -> None:
 def _detect_config(args: argparse.Namespace, **extra: Any):
     from dataclasses import fields
 
-    from ..detection.engine import DetectConfig
+    from ..tasks.detection.run import DetectConfig
     names = [f.name for f in fields(DetectConfig) if f.name not in _DETECT_OWN]
     return DetectConfig(progress=not args.quiet, **config_kwargs(args, names), **extra)
 
 
 def _run_detect(args: argparse.Namespace) -> int:
-    from ..detection import engine
+    from ..tasks.detection import run as engine
     from ..validate import check_values
     check_values(args, (("score_thresh", dict(lo=0, hi=1)), ("num", dict(lo=1, integer=True))))
     if args.action == "train":
@@ -207,7 +187,7 @@ def _run_detect(args: argparse.Namespace) -> int:
     import torch
 
     from ..data import list_image_files
-    from ..data.loaders import open_image
+    from ..data.files import open_image
     from ..report import safe_name
     items = []
     for f in list_image_files(args.image):
@@ -223,7 +203,8 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def add_task_commands(sub: argparse._SubParsersAction) -> None:
-    from ..study.classification import DEFAULT_STUDY
+    from ..models import DEFAULT_VARIANTS
+    from ..tasks.classification.study import DEFAULT_STUDY
     p = sub.add_parser("train", help="train one model/variant (torchrun for several processes)")
     p.add_argument("--model", default="resnet20",
                    help="convattn model (resnet20, resnet50, ...) or a timm/torchvision CNN: timm:<name>, torchvision:<name>")
@@ -271,7 +252,7 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
                                    "images, then epochs; printed before training).")
     p.add_argument("--model", default=DEFAULT_STUDY["model"])
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
-                   help="comma-separated (default: none,se,cbam,eca,gct,steam,aw,se+aw,cbam+aw)")
+                   help=f"comma-separated (default: {','.join(DEFAULT_VARIANTS)})")
     p.add_argument("--seeds", type=int_list, default=[len(DEFAULT_STUDY["seeds"])],
                    help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
     _data_args(p)

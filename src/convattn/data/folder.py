@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import class_files, class_folders, no_images_error, open_image
+
 __all__ = ["FolderSurvey", "FolderDataConfig", "survey_folder", "resolve_folder_data_config", "SMALL_IMAGE"]
 
 SMALL_IMAGE = 64  # at or below this side, augment as for CIFAR (pad + random crop + flip), not RandomResizedCrop
@@ -92,25 +94,9 @@ def _fmt(v: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{x:.3f}" for x in v) + ")"
 
 
-def class_folders(split: str | os.PathLike) -> list[str]:
-    """The class folder names of an ImageFolder split, sorted: every sub-folder whose name does not start with ``.``
-    (torchvision's ``find_classes`` would make ``.ipynb_checkpoints`` a class; we skip hidden folders)."""
-    return sorted(d.name for d in Path(split).iterdir() if d.is_dir() and not d.name.startswith("."))
-
-
-def no_images_error(folder: str | os.PathLike, exts: tuple[str, ...]) -> FileNotFoundError:
-    """The refusal of a class folder without an image file, naming it and what it holds instead."""
-    folder = Path(folder)
-    others = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))[:3] if folder.is_dir() else []
-    held = f"it holds only {', '.join(others)}" if others else "it is empty"
-    return FileNotFoundError(f"class folder {folder} has no image file ({', '.join(exts)}); {held}: add its images or "
-                             "remove the folder (folders named .* are skipped)")
-
-
 def _image_files(split: Path) -> list[Path]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    from .loaders import class_files
     exts = tuple(IMG_EXTENSIONS)
     files = []
     for cls in class_folders(split):
@@ -137,7 +123,6 @@ def _first_colour(files: list[Path]) -> Path | None:
 
 @functools.lru_cache(maxsize=8)
 def _survey(root: str, mtime: float, sample: int) -> FolderSurvey:
-    from .loaders import open_image
     train, val = Path(root) / "train", Path(root) / "val"
     for split in (train, val):
         if not split.is_dir():

@@ -19,7 +19,9 @@ if TYPE_CHECKING:
 import numpy as np
 import torch
 
-__all__ = ["TensorLoader", "FolderLoader", "epoch_generator", "open_image", "folder_transform"]
+from .files import class_files, class_folders, no_images_error, open_image
+
+__all__ = ["TensorLoader", "FolderLoader", "epoch_generator", "folder_transform"]
 
 
 def epoch_generator(seed: int, epoch: int, salt: int = 0) -> torch.Generator:
@@ -140,54 +142,6 @@ def folder_transform(cfg: "FolderDataConfig", train: bool):
                             mean=cfg.mean, std=cfg.std, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation)
 
 
-_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
-
-
-def open_image(path: str | os.PathLike, mode: str = "RGB"):
-    """A PIL image in ``mode`` (``"RGB"``, ``"L"``, or ``"keep"`` for the file's own); 16-bit and 32-bit grey images are scaled to 8 bits by their
-    bit depth instead of being clipped (PIL's own convert clips them at 255, turning them white). Oversized images
-    (PIL's decompression-bomb limit) and unreadable files raise a ValueError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-    except Image.DecompressionBombError as e:
-        raise ValueError(f"image {path} is too large to read safely ({e}); limit: Image.MAX_IMAGE_PIXELS = "
-                         f"{Image.MAX_IMAGE_PIXELS} pixels") from None
-    except (OSError, UnidentifiedImageError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e} (remove or replace the file)") from e
-    if img.mode in _WIDE_MODES:
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
-        else:
-            top = 65535.0 if img.mode.startswith("I;16") or (arr.size and arr.max() > 255) else 255.0
-        img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-    return img if mode == "keep" else img.convert(mode)
-
-
-def _walk_once(root: str) -> list[tuple[str, list[str]]]:
-    """(folder, files) under ``root``, following folder links but visiting each real folder once (a link loop
-    would otherwise list the same images again at every level); hidden sub-folders (``.*``) are skipped."""
-    seen: set[str] = set()
-    out = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))  # .ipynb_checkpoints etc. hold no class images
-        out.append((folder, sorted(files)))
-    return out
-
-
-def class_files(folder: str, exts: tuple[str, ...]) -> list[str]:
-    """Image files (by extension) under one class folder, each real sub-folder once, in sorted order."""
-    return [os.path.join(sub, f) for sub, files in _walk_once(folder) for f in files if f.lower().endswith(exts)]
-
-
 class _CheckedImageFolder:
     """torchvision ImageFolder that names the file it could not read, scales 16-bit images correctly and lists
     each real folder once (symlink loops)."""
@@ -196,7 +150,6 @@ class _CheckedImageFolder:
         from torchvision.datasets import ImageFolder
         from torchvision.datasets.folder import IMG_EXTENSIONS
 
-        from .folder import class_folders, no_images_error
 
         class _Folder(ImageFolder):
             @staticmethod

@@ -1,6 +1,6 @@
 """The training engine under every task: the loop, resume and checkpoints, schedules, optimizer groups, DDP.
 
-A task package (``convattn.tasks`` for classification, ``convattn.detection``) brings its data, model, loss and
+A task package (``convattn.tasks.classification``, ``convattn.tasks.detection``) brings its data, model, loss and
 evaluation as a ``Task`` object and runs ``Loop.fit``; nothing here knows about images, labels or boxes.
 """
 from .checkpoint import (CheckpointError, RunInUseError, latest_checkpoint, load_checkpoint, load_run_weights, load_weights,

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import torch
 from torch import nn
 
 from .optim import attention_parameter_names
 
-__all__ = ["head_parameter_names", "new_parameter_names", "Freeze"]
+__all__ = ["head_parameter_names", "new_parameter_names", "zero_new_head", "Freeze"]
 
 
 def _param_names(prefix: str, module: nn.Module) -> set[str]:
@@ -44,6 +45,26 @@ def new_parameter_names(model: nn.Module, loaded: Iterable[str] | None = None) -
     return names
 
 
+def zero_new_head(model: nn.Module) -> list[str]:
+    """Zero the classifier head's tensors that the pretrained weights file did not provide (a head for another
+    class count); returns their names. A new head then starts at uniform predictions (loss ln(classes)), and the
+    first gradients reaching the pretrained part and the new attention modules are zero instead of the gradients
+    of randomly scaled logits (timm's EfficientNet head init gives a start loss of about 16 on 10 classes), as in
+    BiT's fine-tuning recipe (Kolesnikov et al. 2020: zero-initialised head). Models without a pretrained load
+    report (``pretrained_report``) are left alone."""
+    report = getattr(model, "pretrained_report", None)
+    if report is None:
+        return []
+    loaded = set(report.loaded)
+    params = dict(model.named_parameters())
+    names = sorted(n for n in head_parameter_names(model) if n not in loaded)
+    with torch.no_grad():
+        for n in names:
+            params[n].zero_()
+    report.zeroed_head = names
+    return names
+
+
 class Freeze:
     """Freeze the pretrained part of ``model`` for ``epochs`` epochs (``-1``: the whole run; ``0``: never).
 
@@ -53,11 +74,14 @@ class Freeze:
         epochs: Frozen epochs, counted from 1.
         loaded: State-dict keys the pretrained file filled; a BatchNorm is held in eval mode only when its running
             statistics came from it (None: every BatchNorm of the frozen part).
+        bn_eval: Hold those BatchNorm layers in eval mode in every epoch, also after the freeze (their affine
+            parameters train once unfrozen; the running statistics stay the pretrained ones: mmdetection's
+            ``norm_eval``).
     """
 
     def __init__(self, model: nn.Module, trainable: set[str], epochs: int,
-                 loaded: Iterable[str] | None = None) -> None:
-        self.model, self.epochs = model, int(epochs)
+                 loaded: Iterable[str] | None = None, bn_eval: bool = False) -> None:
+        self.model, self.epochs, self.bn_eval = model, int(epochs), bool(bn_eval)
         params = dict(model.named_parameters())
         self.trainable = {n for n in trainable if n in params}
         self.frozen_names = [n for n in params if n not in self.trainable]
@@ -83,8 +107,8 @@ class Freeze:
         return (sum(params[n].numel() for n in self.trainable), sum(params[n].numel() for n in self.frozen_names))
 
     def apply(self, epoch: int) -> bool:
-        """Set ``requires_grad`` for ``epoch`` and put the frozen BatchNorm layers in eval mode when frozen (call
-        after ``model.train()``). Returns True when the set of trainable parameters changed."""
+        """Set ``requires_grad`` for ``epoch`` and put the pretrained BatchNorm layers in eval mode when frozen or
+        with ``bn_eval`` (call after ``model.train()``). Returns True when the set of trainable parameters changed."""
         frozen = self.frozen(epoch)
         changed = self._state is not None and self._state != frozen
         if self._state != frozen:
@@ -92,7 +116,7 @@ class Freeze:
             for n in self.frozen_names:
                 params[n].requires_grad_(not frozen)
             self._state = frozen
-        if frozen:
+        if frozen or self.bn_eval:
             for m in self.bn:
                 m.eval()
         return changed

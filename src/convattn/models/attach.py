@@ -74,7 +74,7 @@ class ResidualScale(AttentionModule):
 
 # --- modules that run an attached child after / before themselves (classes made once per base class) ---
 
-class _ThenAttn:
+class ThenAttn:
     """Mixin: ``forward`` returns ``self.attn(<the base class's forward>)``."""
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -84,7 +84,7 @@ class _ThenAttn:
         refuse_torchscript("models with attach()ed modules")
 
 
-class _AttnThen:
+class AttnThen:
     """Mixin: ``forward`` runs ``self.attn`` on the input, then the base class's forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ class _AttnThen:
 
 @functools.lru_cache(maxsize=None)
 def _attached_class(base: type, mixin: type) -> type:
-    suffix = "WithOutputAttn" if mixin is _ThenAttn else "WithInputAttn"
+    suffix = "WithOutputAttn" if mixin is ThenAttn else "WithInputAttn"
     # a torch.nn layer stays a leaf for torch.fx (its Tracer treats torch.nn's classes as leaves): the graph then
     # calls the attached layer as one module, whose forward runs the attention
     module = base.__module__ if base.__module__.startswith("torch.nn") else __name__
@@ -594,17 +594,17 @@ def _apply(model: nn.Module, plan: list[tuple[str, Any, nn.Module, dict[str, Any
             gct_of[id(target)] = m
     for kind, target, m, row in plan:
         if kind == "output":
-            _attach_child(target, m, _ThenAttn)
+            _attach_child(target, m, ThenAttn)
         elif kind == "conv":
             old = model.get_submodule(target)
             pre = gct_of.pop(id(old), None)
             if pre is not None:  # GCT in front of a convolution that AW replaces: it stays in front
-                _attach_child(m, pre, _AttnThen)
+                _attach_child(m, pre, AttnThen)
             parent_name, _, leaf = target.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, leaf, m)
     for kind, target, m, _ in plan:
         if kind == "pre_conv" and id(target) in gct_of:
-            _attach_child(target, m, _AttnThen)
+            _attach_child(target, m, AttnThen)
 
 
 def _device(model: nn.Module) -> torch.device:

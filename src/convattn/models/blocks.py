@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .trace import _ADD, _CAT, _CONTAINERS, Call, Key, Pass
+from .trace import ADD_OPS, CAT_OPS, CONTAINERS, Call, Key, Pass
 
 __all__ = ["Block", "find_blocks", "assign_stages", "BLOCK_RULES", "register_block", "block_rule"]
 
@@ -72,7 +72,7 @@ def _usable(p: Pass, c: Call) -> bool:
 def _attachable(c: Call) -> bool:
     """An output attention can run after this module: one tensor out, and not a container (a child added to a
     Sequential, ModuleList or ModuleDict would become one of its layers)."""
-    return len(c.outputs) == 1 and len(c.out_shape) == 4 and not isinstance(c.module, _CONTAINERS)
+    return len(c.outputs) == 1 and len(c.out_shape) == 4 and not isinstance(c.module, CONTAINERS)
 
 
 def _descend(p: Pass, c: Call, key: Key) -> Call:
@@ -103,7 +103,7 @@ def _branch_target(p: Pass, key: Key, scope: int) -> Call | None:
             break
         op = p.ops[prod]
         ins = list(dict.fromkeys(op.inputs))
-        if len(ins) == 1 and p.shapes.get(ins[0]) == p.shapes.get(key) and op.name not in _ADD | _CAT:
+        if len(ins) == 1 and p.shapes.get(ins[0]) == p.shapes.get(key) and op.name not in ADD_OPS | CAT_OPS:
             key = ins[0]  # a per-element operation of one feature map (scale, activation)
             continue
         break
@@ -201,7 +201,7 @@ def find_blocks(p: Pass) -> tuple[list[Block], list[str]]:
         call = p.calls[op.call]
         if call.name is not None and covered(call.name) and call.index != root:
             continue
-        if op.name in _ADD:
+        if op.name in ADD_OPS:
             res = _residual(p, op.index)
             if res is None:
                 continue
@@ -222,7 +222,7 @@ def find_blocks(p: Pass) -> tuple[list[Block], list[str]]:
             prev = residual.get(bkey)
             if prev is None or (short_convs, -op.index) <= (prev[0], -prev[1]):
                 residual[bkey] = (short_convs, op.index, blk)
-        elif op.name in _CAT and len(set(op.inputs)) >= 2 \
+        elif op.name in CAT_OPS and len(set(op.inputs)) >= 2 \
                 and len(p.shapes.get(op.outputs[0], ())) == 4 and all(len(p.shapes.get(k, ())) == 4 for k in op.inputs):
             ins = list(dict.fromkeys(op.inputs))
             at_root = call.index == root
@@ -304,7 +304,7 @@ def _siblings(p: Pass, blocks: list[Block], taken: list[str]) -> list[Block]:
     out: list[Block] = []
     templates = {}
     for b in blocks:
-        if b.module is not None and b.kind in ("residual", "split") and not isinstance(b.module, _CONTAINERS):
+        if b.module is not None and b.kind in ("residual", "split") and not isinstance(b.module, CONTAINERS):
             templates.setdefault(type(b.module), b)
     if not templates:
         return out
@@ -329,7 +329,7 @@ def _siblings(p: Pass, blocks: list[Block], taken: list[str]) -> list[Block]:
     parents = {b.name.rpartition(".")[0] for b in found}
     grandparents = {n.rpartition(".")[0] for n in parents if n}
     for c in p.calls:
-        if c.index == 0 or type(c.module).__module__ not in families or isinstance(c.module, _CONTAINERS) \
+        if c.index == 0 or type(c.module).__module__ not in families or isinstance(c.module, CONTAINERS) \
                 or not _usable(p, c) or len(c.out_shape) != 4 or not c.outputs:
             continue
         parent = c.name.rpartition(".")[0]

@@ -25,6 +25,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[str] = field(default_factory=list)
+    zeroed_head: list[str] = field(default_factory=list)  # head tensors zeroed after the load (fine-tuning)
 
     def summary(self) -> str:
         lines = [f"loaded {len(self.loaded)} tensors; {len(self.missing)} new in the model (kept at init); "
@@ -59,11 +60,11 @@ def added_keys(model: nn.Module) -> set[str]:
     it replaced (its generator ``pw1``/``pw2``). Read off the modules, so it also holds for a submodule of an
     attached network (e.g. a detector's backbone body)."""
     from ..layers import AttentionModule, AWConv2d
-    from .attach import _AttnThen, _ThenAttn
+    from .attach import AttnThen, ThenAttn
     prefixes, kept = [], set()
     for name, m in model.named_modules():
         pre = f"{name}." if name else ""
-        if isinstance(m, (_ThenAttn, _AttnThen)):
+        if isinstance(m, (ThenAttn, AttnThen)):
             prefixes.append(f"{pre}attn.")
         if isinstance(m, AttentionModule):  # AWConv2d is one too: its own weight and bias are the plain conv's
             prefixes.append(pre)
@@ -110,13 +111,13 @@ def _attention_of(model: nn.Module, modules: dict[str, nn.Module], key: str) -> 
     under a module whose ``attn`` is absent, an ``nn.Identity`` or convattn's, or AW's generator of a convolution):
     a file of an attached network loaded into the plain one, or into one with another attention."""
     from ..layers import AttentionModule
-    from .attach import _AttnThen, _ThenAttn
+    from .attach import AttnThen, ThenAttn
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
         owner = modules.get(".".join(parts[:i]))
         if owner is None:
             return False
-        if part == "attn" and (isinstance(owner, (_ThenAttn, _AttnThen))
+        if part == "attn" and (isinstance(owner, (ThenAttn, AttnThen))
                                or isinstance(getattr(owner, "attn", None), (type(None), nn.Identity, AttentionModule))):
             return True
         if part in ("pw1", "pw2") and isinstance(owner, nn.Conv2d):

@@ -11,7 +11,8 @@ from .attach import attach
 from .backbones import VERIFIED_BACKBONES, create_backbone, is_backbone_name
 from .resnet import BasicBlock, Bottleneck, ResNet
 
-__all__ = ["create_model", "default_data_cfg", "list_models", "register_model", "parse_variant", "Variant", "variant_name", "DEFAULT_VARIANTS"]
+__all__ = ["create_model", "default_data_cfg", "list_models", "register_model", "model_entrypoint", "parse_variant",
+           "Variant", "DEFAULT_VARIANTS", "CIFAR_MODELS", "IMAGENET_MODELS", "IMAGENET_RESNETS"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
 
@@ -88,12 +89,6 @@ class Variant:
 def parse_variant(variant: "str | Variant | None") -> dict[str, Any]:
     """Variant string -> model kwargs: ``"se+aw"`` -> ``{"attn": "se", "conv": "aw"}`` (see :class:`Variant`)."""
     return Variant.parse(variant).kwargs()
-
-
-def variant_name(attn: str | None, conv: str | None) -> str:
-    """Inverse of ``parse_variant`` for display."""
-    parts = [p for p in ((attn or "").split("+") + ([conv] if conv else [])) if p]
-    return "+".join(parts) or "none"
 
 
 def create_model(name: str, variant: str | None = None, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -182,14 +177,28 @@ def _resnet_builder(block: type[nn.Module], layers: tuple[int, ...], eca_default
     return build
 
 
-for _name, _block, _layers, _eca in (
-        ("resnet18", BasicBlock, (2, 2, 2, 2), "adaptive"), ("resnet34", BasicBlock, (3, 4, 6, 3), "adaptive"),
-        ("resnet50", Bottleneck, (3, 4, 6, 3), "released"), ("resnet101", Bottleneck, (3, 4, 23, 3), "released"),
-        ("resnet152", Bottleneck, (3, 8, 36, 3), "adaptive")):  # ECA-Net50/101 were released with k = 3, 5, 5, 7
+# convattn's own models, the one list of them: the ImageNet ResNets (torchvision layout; ECA-Net50/101 were
+# released with k = 3, 5, 5, 7 per stage) and the CIFAR ResNets (He et al. 2016, section 4.2)
+IMAGENET_RESNETS: dict[str, tuple[type[nn.Module], tuple[int, ...], str]] = {
+    "resnet18": (BasicBlock, (2, 2, 2, 2), "adaptive"), "resnet34": (BasicBlock, (3, 4, 6, 3), "adaptive"),
+    "resnet50": (Bottleneck, (3, 4, 6, 3), "released"), "resnet101": (Bottleneck, (3, 4, 23, 3), "released"),
+    "resnet152": (Bottleneck, (3, 8, 36, 3), "adaptive")}
+CIFAR_MODELS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+IMAGENET_MODELS = tuple(IMAGENET_RESNETS)
+
+for _name, (_block, _layers, _eca) in IMAGENET_RESNETS.items():
     register_model(_name)(_resnet_builder(_block, _layers, _eca))
-for _depth in (20, 32, 44, 56, 110):
-    register_model(f"resnet{_depth}")(_resnet_builder(
+for _name in CIFAR_MODELS:
+    _depth = int(_name[len("resnet"):])
+    register_model(_name)(_resnet_builder(
         BasicBlock, ((_depth - 2) // 6,) * 3, num_classes=10, stem="cifar", widths=(16, 32, 64), shortcut="A"))
+
+
+def model_entrypoint(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name`` (a KeyError naming the registered models otherwise)."""
+    if name not in _MODELS:
+        raise KeyError(f"no convattn model {name!r}; registered: {', '.join(list_models())}")
+    return _MODELS[name]
 
 
 def default_data_cfg(name: str) -> dict[str, Any]:
@@ -206,19 +215,9 @@ def default_data_cfg(name: str) -> dict[str, Any]:
     if lib == "convattn":
         if name not in _MODELS:
             raise ValueError(f"Unknown model '{name}'. Valid names: {', '.join(list_models())}")
-        register_timm()
-        arch = f"convattn_{name}"
+        arch = f"convattn_{name}"  # registered with timm when convattn.models is imported
     cfg = get_pretrained_cfg(arch)
     if cfg is None:
         return dict(IMAGENET_DATA_CFG)
     d = cfg.to_dict()
     return {k: (d.get(k) if d.get(k) is not None else IMAGENET_DATA_CFG[k]) for k in keys}
-
-
-def register_timm() -> list[str]:
-    """Register every model with timm as ``convattn_<name>`` (see ``convattn.models.timm_models``)."""
-    try:
-        from .timm_models import register_all
-    except ImportError:  # timm is a dependency, but keep the core importable without it
-        return []
-    return register_all()

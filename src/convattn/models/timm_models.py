@@ -20,14 +20,14 @@ from timm.models import build_model_with_cfg, generate_default_cfgs
 from timm.models import register_model as timm_register_model
 from torch import nn
 
+from .registry import CIFAR_MODELS as _CIFAR, IMAGENET_MODELS as _IMAGENET, model_entrypoint, parse_variant
+
 __all__ = ["default_cfgs", "register_all", "timm_name", "NAMED_VARIANTS", "CIFAR_MEAN", "CIFAR_STD"]
 
 # CIFAR-10 training-set channel statistics (the usual values for the CIFAR ResNets)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 
-_IMAGENET = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-_CIFAR = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
 
 
 def _cfg(cifar: bool) -> dict[str, Any]:
@@ -60,7 +60,6 @@ default_cfgs = generate_default_cfgs({entry: _cfg(n in _CIFAR) for entry, n, _ i
 
 
 def _build(name: str, pretrained: bool, fixed: str | None = None, **kwargs: Any) -> nn.Module:
-    from .registry import _MODELS, parse_variant
     entry = timm_name(name, fixed)
     overlay = kwargs.get("pretrained_cfg_overlay") or {}
     if pretrained and not overlay.get("file"):
@@ -82,7 +81,7 @@ def _build(name: str, pretrained: bool, fixed: str | None = None, **kwargs: Any)
     # the caller's feature_cfg (timm's tests pass feature_cls="fx") over ours: the stem and every stage by default
     feature_cfg = {"out_indices": tuple(range(n_stages + 1)), **(kwargs.pop("feature_cfg", None) or {})}
     with torch.device(device) if device is not None else contextlib.nullcontext():
-        model = build_model_with_cfg(_MODELS[name], entry, pretrained, pretrained_strict=plain,
+        model = build_model_with_cfg(model_entrypoint(name), entry, pretrained, pretrained_strict=plain,
                                      feature_cfg=feature_cfg, **kwargs)
     return model.to(dtype=dtype) if dtype is not None else model
 

@@ -42,10 +42,10 @@ __all__ = ["Pass", "Call", "Op", "record_pass", "TraceError"]
 
 Key = tuple[int, int]  # (id of a tensor, its version): one value of one tensor
 
-_ADD = {"add", "add_", "__add__", "__iadd__", "__radd__"}
-_CAT = {"cat", "concat", "concatenate"}
+ADD_OPS = {"add", "add_", "__add__", "__iadd__", "__radd__"}
+CAT_OPS = {"cat", "concat", "concatenate"}
 _CONV = {"conv2d", "conv1d", "conv3d", "convolution", "_convolution", "conv_transpose2d"}
-_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 class TraceError(ValueError):

@@ -10,7 +10,7 @@ import torch
 
 from ..models import DEFAULT_VARIANTS, create_model, parse_variant
 from ..report import atomic_write_text, print_table, to_markdown, write_csv
-from ..validate import check_device, check_values
+from ..validate import check_device, check_values, option
 from .counting import count_complexity
 from .latency import measure_latency, prepare_for_timing
 
@@ -27,18 +27,20 @@ PROFILE_HEADERS = {
 
 @dataclass
 class ProfileConfig:
+    """What ``profile`` measures; the ``convattn profile`` options are built from these fields."""
+
     models: Sequence[str] = ("resnet50",)
     variants: Sequence[str] = DEFAULT_VARIANTS
-    input_size: int | None = None  # None: 224 for ImageNet models, 32 for CIFAR models
-    batch_size: int = 1
-    device: str = "cpu"
-    threads: int | None = None
-    warmup: int = 3
-    repeats: int = 10
-    channels_last: bool = False
-    compile: bool = False
+    input_size: int | None = option(None, "square input size (default 224 ImageNet / 32 CIFAR)")
+    batch_size: int = option(1, "images per timed forward")
+    device: str = option("cpu", "cpu, cuda, cuda:N")
+    threads: int | None = option(None, "torch CPU threads (default: torch's)")
+    warmup: int = option(3, "untimed forwards before timing")
+    repeats: int = option(10, "timed forwards per model (interleaved rounds)")
+    channels_last: bool = option(False, "channels_last memory format")
+    compile: bool = option(False, "torch.compile each model before timing")
     latency: bool = True
-    num_classes: int | None = None
+    num_classes: int | None = option(None, "classifier classes (default: the model's)")
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -1,10 +1,9 @@
-"""Comparative studies: baseline and attention variants under one recipe and several seeds, for every task.
+"""Comparative studies, written once for every task: baseline and attention variants under one recipe and several
+seeds (loop over variants and seeds, resumption, statistics, report).
 
-``compare``: the study itself (loop over variants and seeds, resumption, statistics, report), written once;
-``classification`` and ``detection`` (import ``convattn.study.detection``; it loads torchvision's detectors): what
-each task supplies to it.
+A task supplies what differs as a :class:`StudyTask`: ``convattn.tasks.classification.study`` (``CompareConfig``,
+``run_compare``) and ``convattn.tasks.detection.study`` (``compare_detection``).
 """
-from .classification import ClassificationStudy, CompareConfig, run_compare
 from .compare import Metric, StudyTask, run_study
 
-__all__ = ["CompareConfig", "run_compare", "run_study", "StudyTask", "Metric", "ClassificationStudy"]
+__all__ = ["run_study", "StudyTask", "Metric"]

@@ -18,9 +18,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from ..report import atomic_write_text
-from ..data import DataBundle
-from ..tasks.classification import TrainConfig, build_model, data_for
+from ...data import DataBundle
+from ...report import atomic_write_text
+from .config import TrainConfig, arm_config
+from .run import build_model, data_for
 
 __all__ = ["ArmCost", "Plan", "measure_costs", "plan", "size_study"]
 
@@ -59,13 +60,12 @@ def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3
     """Seconds per training and per evaluation image of each arm: the median of at least ``min_steps`` timed
     training steps and ``min_s`` seconds (after one untimed step) on a real training batch of the study's data
     (``data``, loaded here when not given)."""
-    from .classification import _variant_config
     data = data or data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     x, y = next(iter(data.train.epoch(1)))
     out = []
     for v in variants:
         torch.manual_seed(0)
-        model = build_model(_variant_config(base, v), data).train()
+        model = build_model(arm_config(base, v), data).train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         times: list[float] = []
         while len(times) < min_steps + 1 or sum(times[1:]) < min_s:
@@ -125,7 +125,7 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
                size_train: bool, size_epochs: bool, latency_batch: int = 64) -> dict[str, int]:
     """The training images and epochs of a budgeted study: read back from ``out`` when the study was sized
     before (a resumed study keeps its recipe), else measured here, printed and written to ``out/budget.json``."""
-    from ..validate import check_value
+    from ...validate import check_value
     check_value("time_budget", budget_min, lo=0)  # minutes (0: none); NaN, inf and < 0 are refused
     path = out / BUDGET_FILE
     if path.exists():

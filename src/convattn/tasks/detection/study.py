@@ -9,8 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..detection.engine import AP_NAMES, DetectConfig, resolve, train_detector
-from .compare import Metric, Results, run_study
+from .run import AP_NAMES, DetectConfig, resolve, train_detector
+from ...study.compare import Metric, Results, run_study
 
 __all__ = ["DetectionStudy", "compare_detection"]
 

@@ -23,15 +23,15 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool
 
-from ..layers import AttentionModule
-from ..models import create_model, parse_variant
-from ..models.attach import attach, stage_blocks
-from ..models.backbones import create_backbone, is_backbone_name
-from ..models.helpers import LoadReport
+from ...layers import AttentionModule
+from ...models import IMAGENET_MODELS, create_model, parse_variant
+from ...models.attach import attach, stage_blocks
+from ...models.backbones import create_backbone, is_backbone_name
+from ...models.helpers import LoadReport
 
 __all__ = ["resnet_fpn_backbone", "cnn_fpn_backbone", "fpn_backbone", "freeze_attention_norms", "DETECTION_BACKBONES"]
 
-DETECTION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+DETECTION_BACKBONES = IMAGENET_MODELS  # convattn ResNets with an FPN builder of their own
 _STAGES = ["layer4", "layer3", "layer2", "layer1", "conv1"]
 
 
@@ -113,7 +113,7 @@ def resnet_fpn_backbone(
 
 def load_backbone_weights(backbone: BackboneWithFPN, state_dict: dict) -> LoadReport:
     """Load a convattn classification state dict (``convattn train``) into the detector's backbone body."""
-    from ..models.helpers import load_pretrained
+    from ...models.helpers import load_pretrained
     sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     return load_pretrained(backbone.body, sd)
 

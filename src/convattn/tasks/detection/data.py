@@ -19,10 +19,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.fashion_mnist import CLASSES, load_embedded
-from ..data.loaders import open_image
-from ..optional import require
-from ..report import atomic_write_text
+from ...data.fashion_mnist import CLASSES, load_embedded
+from ...data.files import open_image
+from ...optional import require
+from ...report import atomic_write_text
 
 __all__ = ["CocoDetection", "VocDetection", "make_synthetic_coco", "default_cache_dir", "collate",
            "AnnotationError", "embedded_detection_root"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -11,17 +12,18 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..models import DEFAULT_VARIANTS, parse_variant
-from ..profile.counting import count_complexity
-from ..profile.latency import measure_latency, prepare_for_timing
-from ..report import atomic_write_text
-from ..tasks.classification import TrainConfig, build_model, data_for, resolve_config, train
-from ..validate import ConfigError
+from ...models import DEFAULT_VARIANTS, CIFAR_MODELS, parse_variant
+from ...profile.counting import count_complexity
+from ...profile.latency import measure_latency, prepare_for_timing
+from ...report import atomic_write_text
+from ...study.compare import Metric, Results, run_study
+from ...validate import ConfigError
 from .budget import BUDGET_FILE, size_study
-from .compare import Metric, Results, run_study
+from .config import TrainConfig, arm_config, resolve_config
+from .run import build_model, data_for, train
 
-__all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "DEFAULT_STUDY", "evidence_result",
-           "evidence_study"]
+__all__ = ["CompareConfig", "ClassificationStudy", "run_compare", "resolve_compare", "DEFAULT_STUDY", "TOP1",
+           "evidence_result", "evidence_study", "study_recipe"]
 
 # The README's main job: ResNet-20 on the embedded Fashion-MNIST subset, sized on the machine it runs on to a
 # 15-minute budget (training images, then epochs; see study.budget); 4,000 images x 2 epochs without a budget.
@@ -36,21 +38,60 @@ _NOT_RECIPE = ("variant", "seed", "out", "progress", "threads")
 
 @dataclass
 class CompareConfig:
+    """A classification study: arms (``variants``) x ``seeds`` of ``model`` on ``data`` under one recipe.
+
+    ``train`` holds the recipe options given (:class:`TrainConfig` fields); for the default study (its model and
+    data) :data:`DEFAULT_STUDY`'s recipe fills the rest. ``time_budget_min``: ``None`` applies the budget policy
+    of :func:`resolve_compare` (the same for the CLI and the API), ``0`` trains unbudgeted, minutes > 0 size
+    ``budget_sizes`` (default: ``train_size`` and ``epochs``, those not in ``train``) to that wall time.
+    """
+
     model: str = DEFAULT_STUDY["model"]
     variants: Sequence[str] = DEFAULT_VARIANTS
     seeds: Sequence[int] = tuple(DEFAULT_STUDY["seeds"])
     data: str = DEFAULT_STUDY["data"]
     data_dir: str | None = None
     out: str = "runs/compare"
-    train: dict[str, Any] = field(default_factory=lambda: {k: DEFAULT_STUDY[k] for k in (
-        "train_size", "epochs", "batch_size", "lr", "warmup_epochs")})
+    train: dict[str, Any] = field(default_factory=dict)
     threads: int | None = None
     latency_batch: int = 64
     latency_repeats: int = 10
     progress: bool = True
     report_only: bool = False  # train nothing; report the finished runs (a partial study says so)
-    time_budget_min: float | None = None  # size the recipe to this wall time on this machine (study.budget)
-    budget_sizes: Sequence[str] = ("train_size", "epochs")  # what the budget may size (the rest is as given)
+    time_budget_min: float | None = None
+    budget_sizes: Sequence[str] | None = None
+
+
+BUDGET_SIZES = ("train_size", "epochs")  # what a time budget may size, in this order
+
+
+def resolve_compare(cfg: CompareConfig) -> CompareConfig:
+    """The study ``cfg`` describes, with the budget policy applied; idempotent (a resolved ``time_budget_min`` is a
+    number: 0 for no budget).
+
+    The default study (:data:`DEFAULT_STUDY`'s model and data) gets its recipe for every option not in
+    ``cfg.train`` and, unless a budget is given, a ``DEFAULT_STUDY["time_budget_min"]``-minute budget over the
+    sizes not given, except when ``cfg.out`` already holds a study (it keeps the recipe it started with, sized
+    or not). Other studies are unbudgeted unless ``time_budget_min`` is given.
+    """
+    budget = cfg.time_budget_min
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                               or not math.isfinite(budget) or budget < 0):
+        raise ConfigError(f"time_budget (--time-budget) must be a number >= 0 (minutes > 0, or 0 for no budget), "
+                          f"got {budget!r}")
+    default_study = cfg.data == DEFAULT_STUDY["data"] and cfg.model == DEFAULT_STUDY["model"]
+    train = {k: DEFAULT_STUDY[k] for k in ("train_size", "epochs", "batch_size", "lr", "warmup_epochs")} \
+        if default_study else {}
+    train.update(cfg.train)
+    sizes = tuple(cfg.budget_sizes) if cfg.budget_sizes is not None else \
+        tuple(k for k in BUDGET_SIZES if k not in cfg.train)
+    if budget is None:
+        started = (Path(cfg.out) / "study.json").exists()
+        budget = DEFAULT_STUDY["time_budget_min"] if default_study and sizes and not started else 0.0
+    if budget and not sizes:
+        raise ConfigError(f"--time-budget {budget:g} sizes --train-size and --epochs, but both are given; drop one "
+                          "of them, or --time-budget")
+    return replace(cfg, train=train, time_budget_min=float(budget), budget_sizes=sizes)
 
 
 # The committed long study that a short one is read against (README, "The evidence study"): ResNet-20 on
@@ -62,7 +103,7 @@ _DATA_FAMILY = {"embedded": "fashion-mnist", "fashion-mnist": "fashion-mnist"}
 
 def repo_root() -> Path | None:
     """The repository this package runs from (a source checkout or an editable install), else None."""
-    root = Path(__file__).resolve().parents[3]
+    root = Path(__file__).resolve().parents[4]  # <root>/src/convattn/tasks/classification/study.py
     return root if (root / "pyproject.toml").is_file() and (root / "src" / "convattn").is_dir() else None
 
 
@@ -124,17 +165,17 @@ def evidence_study(folder: str | Path | None = None) -> dict[str, Any] | None:
 
 def _default_aw_mode(model: str) -> str:
     """What AWConv2d's mode is when the study does not set one (see convattn.models.resnet / attach)."""
-    from ..models.backbones import is_backbone_name
+    from ...models.backbones import is_backbone_name
     if is_backbone_name(model):
         return "full_g where its grouped generator divides the conv, else full (attach default)"
-    return "full (CIFAR-ResNet default)" if model in ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110") \
+    return "full (CIFAR-ResNet default)" if model in CIFAR_MODELS \
         else "full_g (ImageNet-ResNet default)"
 
 
 def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
     """The options each attention module of the study ran with (constructor and registry defaults, then the
     study's --attn-kwargs / --conv-kwargs), read from the code, never fixed text."""
-    from ..layers import module_options
+    from ...layers import module_options
     names: dict[str, dict[str, Any]] = {}
     for v in variants:
         parts = parse_variant(v)
@@ -152,9 +193,9 @@ def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
     return ("Module options (code defaults, then this study's options): " + "; ".join(lines) + ".") if lines else ""
 
 
-def _base_config(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
+def study_recipe(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
     """The study's recipe, resolved once; module options (``--attn-kwargs``/``--conv-kwargs``) are kept for the
-    variants that have the module (see ``_variant_config``) and refused when no variant has it."""
+    variants that have the module (see ``arm_config``) and refused when no variant has it."""
     train_kw = dict(cfg.train)
     attn_kwargs, conv_kwargs = train_kw.pop("attn_kwargs", None) or {}, train_kw.pop("conv_kwargs", None) or {}
     parts = [parse_variant(v) for v in variants]
@@ -167,14 +208,6 @@ def _base_config(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
     base = resolve_config(TrainConfig(model=cfg.model, data=cfg.data, data_dir=cfg.data_dir, threads=cfg.threads,
                                       progress=cfg.progress, **train_kw))
     return replace(base, attn_kwargs=dict(attn_kwargs), conv_kwargs=dict(conv_kwargs))
-
-
-def _variant_config(base: TrainConfig, variant: str) -> TrainConfig:
-    """The recipe for one variant: the module options only where the variant has the module (the baseline
-    trains with none)."""
-    parts = parse_variant(variant)
-    return replace(base, variant=variant, attn_kwargs=base.attn_kwargs if parts["attn"] else {},
-                   conv_kwargs=base.conv_kwargs if parts["conv"] == "aw" else {})
 
 
 COST_COLUMNS = ["params", "added_params", "gmacs", "gmacs_hook", "latency_ratio", "train_time_s", "train_img_s"]
@@ -192,7 +225,7 @@ class ClassificationStudy:
     def __init__(self, cfg: CompareConfig, variants: Sequence[str]):
         self.cfg = cfg
         self.variants = list(dict.fromkeys(["none", *variants]))
-        self.base = _base_config(cfg, self.variants)
+        self.base = study_recipe(cfg, self.variants)
         self.title = f"convattn compare: {cfg.model} on {self.base.data}"
 
     def identity(self) -> dict[str, Any]:
@@ -206,7 +239,7 @@ class ClassificationStudy:
         return {**asdict(TrainConfig()), "hflip": True}
 
     def train(self, variant: str, seed: int, run_dir: Path) -> dict[str, Any]:
-        return train(replace(_variant_config(self.base, variant), seed=seed, out=str(run_dir)))
+        return train(replace(arm_config(self.base, variant), seed=seed, out=str(run_dir)))
 
     def read_run(self, final: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
@@ -251,7 +284,7 @@ class ClassificationStudy:
     def _profile(self, variants: list[str]) -> list[dict[str, Any]]:
         base = self.base
         data = data_for(replace(base, seed=0), base.batch_size, workers=0)
-        models = [build_model(_variant_config(base, v), data).eval() for v in variants]
+        models = [build_model(arm_config(base, v), data).eval() for v in variants]
         x1 = torch.randn(1, data.in_chans, data.image_size, data.image_size)
         rows = []
         for v, m in zip(variants, models):
@@ -319,7 +352,9 @@ class ClassificationStudy:
 
 
 def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str, Any]]:
-    """Run (or continue) the classification study of ``cfg``; see :func:`convattn.study.compare.run_study`."""
+    """Run (or continue) the classification study of ``cfg`` (resolved by :func:`resolve_compare`: the CLI and
+    the API give the same study for the same arguments); see :func:`convattn.study.compare.run_study`."""
+    cfg = resolve_compare(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     variants = [v.strip() for v in cfg.variants if v.strip()]

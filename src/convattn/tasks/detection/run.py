@@ -1,26 +1,26 @@
 """Detection on the shared engine (``convattn.engine``): config and presets, data sets and detector, the task's
-loss, COCO evaluation (pycocotools), run loading and prediction drawing."""
+loss, COCO evaluation (pycocotools), run loading and prediction drawing. The run's skeleton (common settings,
+checks, optimizer groups, run folder) is ``convattn.engine.run``, as for classification."""
 from __future__ import annotations
 
-import contextlib
 import json
-
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..engine import Loop, RunState, create_scheduler, resume_run, wrap_model
-from ..engine.checkpoint import CheckpointError, load_run_weights, read_run_config, run_lock
-from ..engine.common import seed_all
-from ..engine.distributed import DistInfo, distributed_session
-from ..optional import require
-from ..report import atomic_write_text, to_markdown
-from ..validate import ConfigError, check_values, option
+from ...engine import Loop, RunState, create_scheduler, resume_run, wrap_model
+from ...engine.checkpoint import CheckpointError, load_run_weights
+from ...engine.distributed import DistInfo
+from ...engine.run import RunConfig, build_sgd, check_settings, fill_preset, read_run, run_task, start_process, \
+    write_run_info
+from ...optional import require
+from ...report import atomic_write_text, to_markdown
+from ...validate import ConfigError, option
 from .data import CocoDetection, VocDetection, collate, embedded_detection_root
 from .models import create_detector
 
@@ -43,8 +43,26 @@ AP_NAMES = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
 @dataclass
-class DetectConfig:
-    """Everything that defines a detection run; ``None`` fields are filled from the preset."""
+class DetectConfig(RunConfig):
+    """Everything that defines a detection run; ``None`` fields are filled from the preset. The settings every
+    task has (seed, device, run folder, optimizer groups: ``wd_exclude``, ``attn_lr_mult``, autocast, ...) come
+    from :class:`convattn.engine.run.RunConfig`."""
+
+    COMMAND: ClassVar[str] = "convattn detect train"
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = DETECT_PRESETS
+    # (field, bounds) of the task's numeric settings, checked once after the preset is applied (with the common ones)
+    RANGES: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = (
+        ("epochs", dict(lo=1, integer=True)), ("batch_size", dict(lo=1, integer=True)),
+        ("lr", dict(lo=0, lo_open=True)), ("momentum", dict(lo=0, hi=1, hi_open=True)), ("weight_decay", dict(lo=0)),
+        ("warmup_iters", dict(lo=0, integer=True)), ("min_size", dict(lo=32, integer=True)),
+        ("max_size", dict(lo=32, integer=True)), ("trainable_layers", dict(lo=0, hi=5, integer=True)),
+        ("train_size", dict(lo=1, integer=True, optional=True)), ("val_size", dict(lo=1, integer=True, optional=True)),
+    )
+    # what must agree between a run and the checkpoint it resumes from (with seed and attn_lr_mult)
+    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
+        "detector", "backbone", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "epochs", "batch_size",
+        "lr", "momentum", "weight_decay", "milestones", "warmup_iters", "min_size", "max_size", "trainable_layers",
+        "frozen_bn", "attn_norm_trainable", "init_from")
 
     detector: str = option("fasterrcnn", "torchvision detector", ["fasterrcnn", "maskrcnn", "retinanet"])
     backbone: str = option("resnet18", "convattn ResNet or timm:<name> / torchvision:<name>")
@@ -72,15 +90,8 @@ class DetectConfig:
                                        "their folder")
     train_size: int | None = option(None, "first N training images")
     val_size: int | None = option(None, "first N validation images")
-    amp: str = option("none", "autocast", ["none", "bf16", "fp16"])
-    seed: int = option(0, "seed of the data order and initialisation")
-    workers: int = option(0, "DataLoader workers")
-    threads: int | None = option(None, "torch CPU threads")
-    device: str = option("auto", "auto, cpu, cuda, cuda:N")
-    out: str = option("runs/detect", "run folder")
-    resume: bool = option(True, "resume from the run folder's last checkpoint")
-    progress: bool = option(True, "progress bars")
-    stop_after: int | None = option(None, "end this call after that epoch (rerun to continue)")
+    workers: int = option(0, "DataLoader workers")  # RunConfig's, with the task's default
+    out: str = option("runs/detect", "run folder")  # RunConfig's, with the task's default
 
 
 def resolve(cfg: DetectConfig) -> DetectConfig:
@@ -88,18 +99,12 @@ def resolve(cfg: DetectConfig) -> DetectConfig:
         raise ValueError(f"Unknown detection preset '{cfg.preset}'. Valid: {', '.join(DETECT_PRESETS)}")
     d = asdict(cfg)
     base = DETECT_PRESETS[cfg.preset]
-    for k, v in base.items():
-        if d.get(k) is None:
-            d[k] = v
+    fill_preset(d, base)
     if cfg.lr is None:
         d["lr"] = base["lr"] * d["batch_size"] / base["batch_size"]
     if d["data"] not in ("embedded", "coco", "voc"):
         raise ValueError(f"Unknown detection data '{d['data']}'. Valid: embedded, coco, voc")
-    if d["amp"] not in ("none", "bf16", "fp16"):
-        raise ValueError(f"amp must be none, bf16 or fp16, got {d['amp']!r}")
-    check_values(d, _RANGES)
-    if not str(d["out"]).strip():  # Path("") is the current folder
-        raise ConfigError(f"out (--out) {d['out']!r} names no folder; give the run folder to write to")
+    check_settings(d, DetectConfig.RANGES)
     if d["max_size"] < d["min_size"]:
         raise ConfigError(f"max_size (--max-size) must be >= min_size ({d['min_size']}), got {d['max_size']}")
     ms = d["milestones"] or []
@@ -108,18 +113,6 @@ def resolve(cfg: DetectConfig) -> DetectConfig:
     if d["conv_kwargs"] and "aw" not in d["variant"].split("+"):
         raise ConfigError(f"conv_kwargs (--conv-kwargs) configure AW-convolution, but variant {d['variant']!r} has none")
     return DetectConfig(**d)
-
-
-# (field, bounds) of every numeric detection setting, checked once after the preset is applied
-_RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("epochs", dict(lo=1, integer=True)), ("batch_size", dict(lo=1, integer=True)), ("lr", dict(lo=0, lo_open=True)),
-    ("momentum", dict(lo=0, hi=1, hi_open=True)), ("weight_decay", dict(lo=0)),
-    ("warmup_iters", dict(lo=0, integer=True)), ("min_size", dict(lo=32, integer=True)),
-    ("max_size", dict(lo=32, integer=True)), ("trainable_layers", dict(lo=0, hi=5, integer=True)),
-    ("train_size", dict(lo=1, integer=True, optional=True)), ("val_size", dict(lo=1, integer=True, optional=True)),
-    ("seed", dict(lo=0, integer=True)), ("workers", dict(lo=0, integer=True)),
-    ("threads", dict(lo=1, integer=True, optional=True)), ("stop_after", dict(lo=1, integer=True, optional=True)),
-)
 
 
 def build_datasets(cfg: DetectConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
@@ -169,16 +162,7 @@ def _loader(ds, batch_size: int, shuffle: bool, seed: int, epoch: int, info: Dis
 def train_detector(cfg: DetectConfig) -> dict[str, Any]:
     """Train (or resume) a detector; evaluates with pycocotools after the last epoch. Returns the summary."""
     require("pycocotools", "detection", "detection training (COCO evaluation)")
-    cfg = resolve(cfg)
-    with distributed_session(cfg.device) as info:
-        with run_lock(cfg.out) if info.is_main else contextlib.nullcontext():  # one writer per run folder
-            return _train(cfg, info)
-
-
-# what must agree between a run and the checkpoint it resumes from
-_IDENTITY_KEYS = ("detector", "backbone", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "epochs",
-                  "batch_size", "lr", "momentum", "weight_decay", "milestones", "warmup_iters", "min_size", "max_size",
-                  "trainable_layers", "frozen_bn", "attn_norm_trainable", "init_from", "seed")
+    return run_task(resolve(cfg), _train)
 
 
 class DetectionTask:
@@ -216,9 +200,7 @@ class DetectionTask:
 
 def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
     out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    seed_all(cfg.seed)
+    start_process(cfg)
     train_ds, val_ds = build_datasets(cfg)
     if len(train_ds) < cfg.batch_size:
         raise ValueError(f"batch size {cfg.batch_size} is larger than the training set ({len(train_ds)} images)")
@@ -234,18 +216,18 @@ def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(f"cannot read classification weights {src}: {e}") from e
         report = load_backbone_weights(model.backbone, sd)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # the same parameter groups as classification: no decay on what modules declare (GCT's beta, attach's scales),
+    # attention at attn_lr_mult x the rate; the frozen stages (trainable_layers) are left out
+    opt = build_sgd(model, cfg)
     task = DetectionTask(cfg, train_ds, opt, info)
     # torchvision's reference recipe: linear warm-up from 0.1 % of the LR over warmup_iters updates, x0.1 per milestone
     sched = create_scheduler(opt, "step", task.steps_per_epoch, cfg.epochs, cfg.warmup_iters, cfg.lr * 1e-3,
                              milestones=cfg.milestones, gamma=0.1)
     settings = asdict(cfg)
-    state = resume_run(out / "checkpoints", settings, _IDENTITY_KEYS, model, opt, sched) if cfg.resume else RunState()
+    state = resume_run(out / "checkpoints", settings, DetectConfig.identity_keys(), model, opt, sched) \
+        if cfg.resume else RunState()
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.json", json.dumps(settings, indent=2))
-        atomic_write_text(out / "data.json", json.dumps(dict(classes=train_ds.classes, num_classes=train_ds.num_classes)))
+        write_run_info(out, settings, dict(classes=train_ds.classes, num_classes=train_ds.num_classes))
         if report is not None:
             atomic_write_text(out / "init_report.txt", report.summary() + "\n")
             print(f"backbone initialised from {cfg.init_from}: {report.summary()}")
@@ -325,7 +307,7 @@ def evaluate_detector(model: nn.Module, ds, masks: bool, device: torch.device, o
 def load_detector_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None
                       ) -> tuple[DetectConfig, dict[str, Any], nn.Module]:
     """(config, data info, detector with the run's latest or given weights) of a folder written by ``detect train``."""
-    cfg, info = read_run_config(run_dir, DetectConfig, "convattn detect train")
+    cfg, info = read_run(DetectConfig, run_dir)
     if info is None:
         raise FileNotFoundError(f"{run_dir}/data.json not found: the run did not finish its first setup")
     model = build_detector(cfg, info["num_classes"])
