@@ -25,6 +25,7 @@ def _weights(run):
     return load_file(str(run / "checkpoints" / "epoch_0002" / "model.safetensors"))
 
 
+@pytest.mark.slow  # default-suite budget: covered in CI's slow run
 def test_detection_resume_is_bit_exact_and_checks_settings(tmp_path):
     data = make_synthetic_coco(tmp_path / "coco", n_train=8, n_val=2)
     opts = dict(TINY, data_dir=str(data), variant="se")

@@ -18,6 +18,7 @@ def run_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # default-suite budget: covered in CI's slow run
 def test_train_eval_export_maps(run_dir, tmp_path, capsys):
     final = json.loads((run_dir / "final.json").read_text())
     assert final["model"] == "timm:regnety_002" and final["variant"] == "coord+aw" and final["train_images"] == 64

@@ -95,6 +95,7 @@ def test_weights_of_an_attached_network_load_into_the_plain_one(tmp_path):
     assert m.pretrained_report.unexpected and all(".attn." in k or ".pw" in k for k in m.pretrained_report.unexpected)
 
 
+@pytest.mark.slow  # default-suite budget: covered in CI's slow run
 def test_cli_refuses_a_partial_file_and_names_the_option(weights, tmp_path, capsys):
     """Case: a ResNet-20 file into torchvision:resnet18 was accepted by train; a ResNet-32 file into ResNet-20 (all
     of ResNet-20 matches, 54 tensors of the file unused) too."""

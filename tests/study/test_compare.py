@@ -80,6 +80,7 @@ def test_paired_deltas_match_hand_computation():
     assert one["per_seed"] == {0: 0.25} and one["se"] != one["se"] and one["better"] == 1
 
 
+@pytest.mark.slow  # default-suite budget: covered in CI's slow run
 def test_training_time_ignores_slowed_epochs(tmp_path):
     small = dict(variants=["eca"], seeds=[0], out=str(tmp_path), progress=False, latency_repeats=2, latency_batch=4,
                  train=dict(train_size=64, epochs=3, batch_size=32))

@@ -121,6 +121,7 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 
 
 
+@pytest.mark.slow  # default-suite budget: covered in CI's slow run
 def test_ema_label_smoothing_step_schedule(tmp_path):
     final = train(TrainConfig(variant="se", out=str(tmp_path), ema=True, ema_decay=0.9, label_smoothing=0.1,
                               schedule="step", milestones=[1], wd_exclude="norm_bias", **TINY))
