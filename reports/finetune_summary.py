@@ -17,6 +17,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from convattn.study.stats import slug  # the run-folder name compare gives an arm
+
 
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
@@ -36,7 +38,7 @@ def _arms(study: Path, parts: list[str]) -> dict[str, dict]:
             seed = int(r["seed"])
             a["top1"][seed] = float(r["val_top1"])
             a["time"][seed] = float(r["train_time_s"])
-            start = folder / "runs" / v.replace("+", "_").replace("@", "-") / f"seed{seed}" / "start.json"
+            start = folder / "runs" / slug(v) / f"seed{seed}" / "start.json"
             if start.exists():
                 a["start"][seed] = json.loads(start.read_text())["start_val_top1"]
     return arms

@@ -1,7 +1,7 @@
 """The skeleton of a task's run, shared by every task (classification, detection).
 
-A task declares a config dataclass derived from :class:`RunConfig` and gives it its presets, the numeric ranges
-of its own fields, the settings a resumed run must agree on and the command that writes its folders; the steps
+A task declares a config dataclass derived from :class:`RunConfig` and gives it the numeric ranges of its own
+fields, the settings a resumed run must agree on and the command that writes its folders; the steps
 that are the same for every task live here once: preset filling, range and option checks, the process set-up,
 the run folder's lock and files, the SGD optimizer with convattn's parameter groups, and reading a run back.
 """
@@ -47,7 +47,6 @@ class RunConfig:
     """
 
     COMMAND: ClassVar[str] = ""  # the command that writes the task's run folders (named in errors)
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     RANGES: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()  # the task's own numeric fields
     IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ()  # the task's own settings a resumed run must agree on
 

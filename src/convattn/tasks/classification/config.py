@@ -106,7 +106,6 @@ class TrainConfig(RunConfig):
     :class:`convattn.engine.run.RunConfig`."""
 
     COMMAND: ClassVar[str] = "convattn train"
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = PRESETS
     # (field, bounds) of the task's numeric settings, checked once after the preset is applied (with the common ones)
     RANGES: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = (
         ("epochs", dict(lo=1, integer=True)), ("batch_size", dict(lo=1, integer=True)),
