@@ -124,3 +124,18 @@ def test_measured_costs_are_per_image_and_training_costs_more_than_evaluation():
     assert [c.variant for c in costs] == ["none", "eca"]
     for c in costs:
         assert 0 < c.eval_s < c.train_s < 1.0  # seconds per image of a 28x28 ResNet-20
+
+
+def test_default_arms_and_what_the_report_says_of_them():
+    """compare's default arms (CLI and API alike): the two reconstructions and SE, CBAM, ECA; GCT and the stacked
+    arms stay in the profile's default set, and the report names them as left out only for the default set."""
+    from convattn.models import COMPARE_VARIANTS, DEFAULT_VARIANTS
+    from convattn.tasks.classification.study import ClassificationStudy
+
+    assert COMPARE_VARIANTS == ("none", "se", "cbam", "eca", "steam", "aw")
+    assert tuple(_config().variants) == tuple(CompareConfig().variants) == COMPARE_VARIANTS
+    assert set(DEFAULT_VARIANTS) - set(COMPARE_VARIANTS) == {"gct", "se+aw", "cbam+aw"}
+    line = ClassificationStudy(CompareConfig(), COMPARE_VARIANTS)._arms_line()
+    assert "`gct`, `se+aw`, `cbam+aw` are left out" in line and "--variants" in line
+    assert ClassificationStudy(CompareConfig(), ["se", "gct"])._arms_line() == ""
+

@@ -119,10 +119,9 @@ def _run_compare(args: argparse.Namespace) -> int:
 def _compare_config(args: argparse.Namespace, seeds: list[int]):
     """The study the arguments describe, resolved as the API resolves it (:func:`resolve_compare`: the default
     study's recipe and time budget): the CLI and ``run_compare`` give the same study for the same arguments."""
-    from ..models import DEFAULT_VARIANTS
     from ..tasks.classification.study import CompareConfig, resolve_compare
     return resolve_compare(CompareConfig(
-        model=args.model, variants=args.variants or list(DEFAULT_VARIANTS), seeds=seeds, data=args.data,
+        model=args.model, variants=args.variants or list(CompareConfig.variants), seeds=seeds, data=args.data,
         data_dir=args.data_dir, out=args.out, train=_train_overrides(args), threads=args.threads,
         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only,
         time_budget_min=args.time_budget))
@@ -203,7 +202,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def add_task_commands(sub: argparse._SubParsersAction) -> None:
-    from ..models import DEFAULT_VARIANTS
+    from ..models import COMPARE_VARIANTS
     from ..tasks.classification.study import DEFAULT_STUDY
     p = sub.add_parser("train", help="train one model/variant (torchrun for several processes)")
     p.add_argument("--model", default="resnet20",
@@ -252,7 +251,8 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
                                    "images, then epochs; printed before training).")
     p.add_argument("--model", default=DEFAULT_STUDY["model"])
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
-                   help=f"comma-separated (default: {','.join(DEFAULT_VARIANTS)})")
+                   help=f"comma-separated (default: {','.join(COMPARE_VARIANTS)}; the evidence study's other arms: gct,se+aw,"
+                        "cbam+aw)")
     p.add_argument("--seeds", type=int_list, default=[len(DEFAULT_STUDY["seeds"])],
                    help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
     _data_args(p)

@@ -2,7 +2,7 @@
 from .attach import AttachReport, attach, register_block
 from .backbones import VERIFIED_BACKBONES, create_backbone
 from .helpers import LoadReport, load_pretrained
-from .registry import (CIFAR_MODELS, DEFAULT_VARIANTS, IMAGENET_MODELS, Variant, create_model, default_data_cfg,
+from .registry import (CIFAR_MODELS, COMPARE_VARIANTS, DEFAULT_VARIANTS, IMAGENET_MODELS, Variant, create_model, default_data_cfg,
                        list_models, model_entrypoint, parse_variant, register_model)
 from .resnet import BasicBlock, Bottleneck, ResNet
 
@@ -12,6 +12,6 @@ _register_with_timm()  # every model as timm's convattn_<name>
 
 __all__ = [
     "Variant", "AttachReport", "attach", "register_block", "VERIFIED_BACKBONES", "create_backbone",
-    "LoadReport", "load_pretrained", "DEFAULT_VARIANTS", "create_model", "default_data_cfg", "list_models", "parse_variant",
+    "LoadReport", "load_pretrained", "DEFAULT_VARIANTS", "COMPARE_VARIANTS", "create_model", "default_data_cfg", "list_models", "parse_variant",
     "register_model", "model_entrypoint", "CIFAR_MODELS", "IMAGENET_MODELS", "BasicBlock", "Bottleneck", "ResNet",
 ]

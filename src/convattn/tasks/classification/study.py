@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ...models import DEFAULT_VARIANTS, CIFAR_MODELS, parse_variant
+from ...models import COMPARE_VARIANTS, CIFAR_MODELS, DEFAULT_VARIANTS, parse_variant
 from ...profile.counting import count_complexity
 from ...profile.latency import measure_latency, prepare_for_timing
 from ...report import atomic_write_text
@@ -47,7 +47,7 @@ class CompareConfig:
     """
 
     model: str = DEFAULT_STUDY["model"]
-    variants: Sequence[str] = DEFAULT_VARIANTS
+    variants: Sequence[str] = COMPARE_VARIANTS
     seeds: Sequence[int] = tuple(DEFAULT_STUDY["seeds"])
     data: str = DEFAULT_STUDY["data"]
     data_dir: str | None = None
@@ -327,7 +327,15 @@ class ClassificationStudy:
                 + (f", attention options {json.dumps(base.attn_kwargs)}" if base.attn_kwargs else "")
                 + (f", AW options {json.dumps(base.conv_kwargs)}" if base.conv_kwargs else "")
                 + f"; {r0['train_images']} training / {r0['val_images']} validation images; seeds {list(seeds)}."
-                + self._budget_line())
+                + self._budget_line() + self._arms_line())
+
+    def _arms_line(self) -> str:
+        if tuple(self.variants) != COMPARE_VARIANTS:
+            return ""
+        left = [f"`{v}`" for v in DEFAULT_VARIANTS if v not in COMPARE_VARIANTS]
+        return (" Arms: compare's default set, the two reconstructions (STEAM, AW), the baselines both papers report "
+                f"(SE, CBAM) and ECA, the cheapest; {', '.join(left)} are left out so that the time budget trains each "
+                "arm on more images (add them with `--variants`; the evidence study trained all of them).")
 
     def _budget_line(self) -> str:
         path = Path(self.cfg.out) / BUDGET_FILE
