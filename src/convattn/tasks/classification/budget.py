@@ -55,35 +55,50 @@ class Plan:
         return self.predicted_s <= self.budget_s
 
 
-def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3, min_s: float = 0.75,
-                  data: DataBundle | None = None) -> list[ArmCost]:
-    """Seconds per training and per evaluation image of each arm: the median of at least ``min_steps`` timed
-    training steps and ``min_s`` seconds (after one untimed step) on a real training batch of the study's data
-    (``data``, loaded here when not given)."""
+def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3, min_s: float = 1.5,
+                  data: DataBundle | None = None, rounds: int = 3) -> list[ArmCost]:
+    """Seconds per training and per evaluation image of each arm: the median of its timed training steps (at least
+    ``min_steps`` and ``min_s`` seconds per arm, after one untimed step) on a real training batch of the study's
+    data (``data``, loaded here when not given).
+
+    The arms are timed in ``rounds`` interleaved rounds (none, se, ..., none, se, ...), so that a burst of other
+    work on the machine slows a few steps of every arm rather than all steps of one: on a shared 2-core machine a
+    single 0.75 s window per arm measured AW 50 % slower than its training then ran.
+    """
     data = data or data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     x, y = next(iter(data.train.epoch(1)))
-    out = []
+    n = len(y)
+    models, opts = [], []
     for v in variants:
         torch.manual_seed(0)
-        model = build_model(arm_config(base, v), data).train()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        times: list[float] = []
-        while len(times) < min_steps + 1 or sum(times[1:]) < min_s:
-            t = time.perf_counter()
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            times.append(time.perf_counter() - t)
-        model.eval()
+        models.append(build_model(arm_config(base, v), data).train())
+        opts.append(torch.optim.SGD(models[-1].parameters(), lr=1e-3, momentum=0.9))
+
+    def step(i: int) -> float:
+        t = time.perf_counter()
+        loss = nn.functional.cross_entropy(models[i](x), y)
+        opts[i].zero_grad(set_to_none=True)
+        loss.backward()
+        opts[i].step()
+        return time.perf_counter() - t
+
+    for i in range(len(variants)):
+        step(i)  # untimed: the first step allocates and picks kernels
+    times: list[list[float]] = [[] for _ in variants]
+    for r in range(1, rounds + 1):
+        for i in range(len(variants)):  # round r brings every arm to r/rounds of its steps and seconds
+            while len(times[i]) < r * min_steps / rounds or sum(times[i]) < r * min_s / rounds:
+                times[i].append(step(i))
+    out = []
+    for v, m, ts in zip(variants, models, times):
+        m.eval()
         evals = []
         with torch.no_grad():
             for _ in range(3):
                 t = time.perf_counter()
-                model(x)
+                m(x)
                 evals.append(time.perf_counter() - t)
-        n = len(y)
-        out.append(ArmCost(v, statistics.median(times[1:]) / n, statistics.median(evals[1:]) / n))
+        out.append(ArmCost(v, statistics.median(ts) / n, statistics.median(evals[1:]) / n))
     return out
 
 
