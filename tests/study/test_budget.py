@@ -16,6 +16,13 @@ COSTS = [ArmCost("none", 1e-3, 5e-4), ArmCost("se", 1e-3, 5e-4)]
 KW = dict(seeds=3, val_images=2000, max_train=10_000, epochs=2, fixed_s=10.0)
 
 
+@pytest.fixture(autouse=True)
+def _in_an_empty_folder(tmp_path, monkeypatch):
+    """The default study writes to runs/compare relative to the working folder, and a study already there keeps its
+    recipe (no budget): resolve every study here from an empty folder, not from wherever pytest was started."""
+    monkeypatch.chdir(tmp_path)
+
+
 def cost(n, e):
     """Hand computation: seeds x arms x epochs x (n train + 2,000 eval images) + fixed."""
     return 3 * 2 * e * (1e-3 * n + 2000 * 5e-4) + 10.0

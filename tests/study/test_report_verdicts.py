@@ -11,7 +11,7 @@ from convattn.study import Metric, run_study
 from convattn.tasks.classification import CompareConfig
 from convattn.tasks.classification import study as cls
 from convattn.tasks.classification.study import ClassificationStudy, evidence_result, evidence_study
-from convattn.study.compare import CONVERGING_GAIN, training_progress, verdict_note
+from convattn.study.compare import CONVERGING_GAIN, CONVERGING_MEANS, training_progress, verdict_note
 
 # se is far behind the baseline in every seed (exceeds spread), eca level with it (within spread)
 SCORES = {("none", 0): 70.0, ("none", 1): 71.0, ("none", 2): 69.0,
@@ -76,7 +76,7 @@ def test_converging_note_appears_exactly_when_the_baseline_was_still_rising(tmp_
     se_line = next(line for line in md.splitlines() if line.startswith("| se |"))
     eca_line = next(line for line in md.splitlines() if line.startswith("| eca |"))
     if rising:
-        note = f"{NOTE}: 40 updates, baseline +{gain:.2f} points in its last epoch"
+        note = f"{NOTE}: 40 updates, baseline +{gain:.2f} points in its last epoch{CONVERGING_MEANS}"
         assert f"exceeds spread (worse) — {note}" in se_line and rows["se"]["verdict_note"] == note
         assert "still rising at the end" in md
     else:
@@ -98,7 +98,7 @@ def test_progress_without_curves_is_unknown_unless_a_longer_reference_is_far_ahe
     p = training_progress(runs, top1, 80, ref)
     assert p["rising"] is True
     assert verdict_note("exceeds spread (better)", p) == \
-        f"{NOTE}: 80 updates, baseline 70.00 vs 91.20 in the evidence study (1,560 updates)"
+        f"{NOTE}: 80 updates, baseline 70.00 vs 91.20 in the evidence study (1,560 updates){CONVERGING_MEANS}"
     assert training_progress(runs, top1, 80, dict(ref, baseline=71.0))["rising"] is None  # as good: unknown
     assert training_progress(runs, top1, 2000, ref)["rising"] is None  # not shorter than the reference
 
@@ -178,7 +178,7 @@ def test_report_states_the_evidence_result_beside_each_arm(tmp_path):
             lines.setdefault(line.split(" | ")[0][2:], line)
     assert "evidence study (20,000 images × 10 epochs): Δ vs none" in lines["variant"]
     assert "| baseline | 91.20 |" in lines["none"]
-    assert "points in its last epoch | +0.12, within spread |" in lines["se"]
+    assert f"points in its last epoch{CONVERGING_MEANS} | +0.12, within spread |" in lines["se"]
     assert "| within spread | not in it |" in lines["eca"]
     assert "* evidence: from ev" in md
     res = {r["variant"]: r for r in csv.DictReader(open(tmp_path / "study" / "results.csv"))}
@@ -204,12 +204,12 @@ def test_report_only_from_runs_csv_when_the_run_folders_were_not_kept(tmp_path):
     assert "Rebuilt from runs.csv" in md and "nothing was trained" in md
     # no curves: still converging by the longer study's baseline
     assert rows[1]["verdict_note"] == \
-        f"{NOTE}: 40 updates, baseline 70.00 vs 91.20 in the evidence study (1,560 updates)"
+        f"{NOTE}: 40 updates, baseline 70.00 vs 91.20 in the evidence study (1,560 updates){CONVERGING_MEANS}"
     assert (out / "runs.csv").read_text() == before
 
 
 def test_a_study_recorded_before_hflip_existed_still_rebuilds(tmp_path):
-    """Committed studies (reports/default_study, reports/evidence_r20) predate the hflip setting; they flipped."""
+    """Committed studies (reports/evidence_r20 among them) predate the hflip setting; they flipped."""
     from convattn.study.stats import check_study
     defaults = ClassificationStudy(CompareConfig(variants=["se"]), ["se"]).recipe_defaults()
     (tmp_path / "study.json").write_text(json.dumps(dict(task="classification", model="resnet20",

@@ -104,6 +104,7 @@ def _verdict(v: str, d: float, se: float) -> str:
 # longer reference study of the same model and data.
 CONVERGING_GAIN = 0.5
 REFERENCE_GAP = 2.0
+CONVERGING_MEANS = "; a difference in how fast the arm learns, not where it ends"
 
 
 def training_progress(base_runs: list[dict[str, Any]], metric: Metric, updates: int | None = None,
@@ -140,7 +141,8 @@ def verdict_note(verdict: str, progress: dict[str, Any]) -> str:
     if not verdict.startswith("exceeds spread") or not progress.get("rising"):
         return ""
     n = progress.get("updates")
-    return "still converging: " + (f"{n:,} updates, " if n is not None else "") + progress["because"]
+    return ("still converging: " + (f"{n:,} updates, " if n is not None else "") + progress["because"]
+            + CONVERGING_MEANS)
 
 
 def progress_line(progress: dict[str, Any], label: str) -> str:
