@@ -129,7 +129,7 @@ def test_timm_pretrained_stem_reads_grey_images_as_three_channels_with_the_model
     assert a == b
 
 
-def test_bn_eval_keeps_pretrained_statistics_for_the_whole_run(plain, tmp_path):
+def test_bn_eval_keeps_pretrained_statistics_for_the_whole_run(plain, tmp_path, capsys):
     """--bn-eval: the pretrained BatchNorm running statistics never move (also after the freeze), while the weights,
     BatchNorm scale and shift included, train after it; without it the statistics move once unfrozen."""
     pre = load_file(plain[2])
@@ -143,6 +143,9 @@ def test_bn_eval_keeps_pretrained_statistics_for_the_whole_run(plain, tmp_path):
         moved = [k for k in stats if not torch.equal(pre[k], ep2[k])]
         assert (moved == []) if bn_eval else (len(moved) == len(stats)), (bn_eval, moved[:3])
         assert all(not torch.equal(pre[k], ep2[k]) for k in affine)  # scale trains after the freeze either way
+        said = capsys.readouterr().out  # the resolved choice is printed at the start
+        assert (f"BatchNorm (--bn-eval): {len(stats) // 2} pretrained BatchNorm layers keep their statistics" in said) \
+            == bn_eval
     with pytest.raises(ConfigError, match=r"bn_eval \(--bn-eval\).*no --pretrained-path"):
         resolve_config(TrainConfig(bn_eval=True))
 

@@ -302,6 +302,9 @@ def _train(cfg: TrainConfig, info: DistInfo, notes: list[str] | None = None) -> 
             n_new, n_frozen = freeze.counts()
             print(f"while frozen: {n_new:,} parameters train, {n_frozen:,} are frozen, {len(freeze.bn)} BatchNorm "
                   "layers keep their pretrained statistics")
+        if info.is_main and cfg.bn_eval:
+            print(f"BatchNorm (--bn-eval): {len(freeze.bn)} pretrained BatchNorm layers keep their statistics for the "
+                  "whole run (eval mode); their weights and biases still train once unfrozen")
     steps = len(data.train)
     sched = create_scheduler(opt, cfg.schedule, steps, cfg.epochs, int(round(cfg.warmup_epochs * steps)),
                              cfg.warmup_lr, cfg.min_lr, cfg.milestones, cfg.gamma)
