@@ -221,3 +221,28 @@ def test_a_study_recorded_before_hflip_existed_still_rebuilds(tmp_path):
     with pytest.raises(ValueError, match="hflip: True -> False"):
         check_study(tmp_path, dict(task="classification", model="resnet20", recipe={"lr": 0.05, "hflip": False}),
                     defaults, ("task", "model"))
+
+
+def test_differences_plot_shows_the_reference_study_and_says_when_still_converging(tmp_path, monkeypatch):
+    """delta_vs_none.png: beside each arm the reference study's Δ (where it trained the arm), and a title saying
+    the differences are learning speed when the baseline was still rising; neither without them."""
+    from convattn.study import compare
+    figs = {}
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        figs[Path(path).name] = dict(title=ax.get_title(), legend=[t.get_text() for t in ax.get_legend().get_texts()],
+                                     squares=[line.get_xdata()[0] for line in ax.lines if line.get_marker() == "s"])
+
+    monkeypatch.setattr(compare, "save_figure", keep)
+    top1 = Metric("top1", "top-1", lambda r: r["val_top1"])
+    results = {v: [dict(seed=s, val_top1=b + d) for s, b in enumerate((80.0, 81.0, 79.0))]
+               for v, d in (("none", 0.0), ("se", -2.0), ("eca", -1.0))}
+    rows = [dict(variant="none"), dict(variant="se", reference_delta=0.12), dict(variant="eca")]
+    compare._plots(tmp_path, rows, results, top1, dict(rising=True, updates=624), "evidence study (long)")
+    fig = figs["delta_vs_none.png"]
+    assert fig["squares"] == [0.12] and "evidence study (long)" in fig["legend"]
+    assert fig["title"].startswith("after 624 updates;") and "learning speed, not final accuracy" in fig["title"]
+    compare._plots(tmp_path, [dict(variant=v) for v in results], results, top1, dict(rising=False), None)
+    fig = figs["delta_vs_none.png"]
+    assert fig["squares"] == [] and fig["title"] == "" and fig["legend"] == ["seeds", "this study: mean ± SE"]

@@ -247,8 +247,11 @@ def _stacked_table(variants: list[str], seeds: Sequence[int], results: Results, 
     return to_markdown(rows, cols, {"paired": "paired Δ (mean ± SE)"}) if rows else ""
 
 
-def _plots(out: Path, rows: list[dict[str, Any]], results: Results, metric: Metric) -> list[str]:
-    """The study's figures (written only when the study has what they show); their file names."""
+def _plots(out: Path, rows: list[dict[str, Any]], results: Results, metric: Metric,
+           progress: dict[str, Any] | None = None, ref_label: str | None = None) -> list[str]:
+    """The study's figures (written only when the study has what they show); their file names. The differences
+    plot shows beside each arm the reference study's Δ (``reference_delta`` of its row, labelled ``ref_label``) and
+    says in its title when the baseline was still rising (``progress``)."""
     matplotlib = require("matplotlib", "plots", "a study's figures")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -273,15 +276,26 @@ def _plots(out: Path, rows: list[dict[str, Any]], results: Results, metric: Metr
     pairs = {v: paired_deltas(results[v], results["none"], metric.of) for v in results if v != "none"}
     arms = [v for v, p in pairs.items() if p["per_seed"]]
     if arms:
-        fig, ax = plt.subplots(figsize=(6.4, 0.9 + 0.42 * len(arms)))
+        refs = {r["variant"]: r["reference_delta"] for r in rows if r.get("reference_delta") is not None}
+        fig, ax = plt.subplots(figsize=(6.4, 1.5 + 0.42 * len(arms)))
         for i, v in enumerate(arms):
             p = pairs[v]
-            ax.plot(list(p["per_seed"].values()), [i] * len(p["per_seed"]), "o", color="0.6", ms=4)
-            ax.errorbar(p["mean"], i, xerr=p["se"] if p["se"] == p["se"] else None, fmt="D", color="C0", capsize=3)
+            ax.plot(list(p["per_seed"].values()), [i] * len(p["per_seed"]), "o", color="0.6", ms=4,
+                    label="seeds" if i == 0 else None)
+            ax.errorbar(p["mean"], i, xerr=p["se"] if p["se"] == p["se"] else None, fmt="D", color="C0", capsize=3,
+                        label="this study: mean ± SE" if i == 0 else None)
+        for n, (i, v) in enumerate((i, v) for i, v in enumerate(arms) if v in refs):
+            ax.plot(refs[v], i, "s", mfc="none", mec="C1", ms=8, mew=1.5, label=ref_label if n == 0 else None)
         ax.axvline(0, color="k", lw=0.8)
         ax.set_yticks(range(len(arms)), arms)
         ax.invert_yaxis()
-        ax.set_xlabel(f"{metric.label} − baseline of the same seed; grey: seeds, blue: mean ± SE")
+        ax.set_xlabel(f"{metric.label} − baseline of the same seed")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.5 / (len(arms) + 1)), ncol=3,
+                  frameon=False)
+        if progress and progress.get("rising"):
+            n = progress.get("updates")
+            ax.set_title((f"after {n:,} updates; " if n else "") + "the baseline was still rising: these differences "
+                         "are learning speed, not final accuracy", fontsize=8)
         save_figure(fig, out / "delta_vs_none.png")
         written.append("delta_vs_none.png")
     curves = {v: [r["curve"] for r in runs if r.get("curve")] for v, runs in results.items()}
@@ -390,7 +404,7 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
         write_csv(out / "runs.csv", [{"variant": v, "seed": r["seed"], **{m.key: m.of(r) for m in metrics},
                                       **{k: r.get(k) for k in scalars if k not in ("variant", "seed")}}
                                      for v in variants for r in results[v]])
-    plots = _plots(out, rows, results, metrics[0])
+    plots = _plots(out, rows, results, metrics[0], progress, ref["label"] if ref else None)
     n_done, n_all = sum(len(r) for r in results.values()), len(variants) * len(seeds)
     shown = [_metric_cells(r, metrics) for r in rows]
     partial = ([f"**Partial study: {n_done} of {n_all} runs finished.** Rerun the command to continue; finished "
