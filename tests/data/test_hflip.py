@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from convattn.cli import build_parser
-from convattn.cli.tasks import _train_overrides
+from convattn.cli.tasks import train_overrides
 from convattn.data import build_data
 from convattn.data.loaders import TensorLoader, folder_transform
 from convattn.engine.checkpoint import CheckpointError
@@ -46,7 +46,7 @@ def test_resolved_default_given_values_and_cli():
         resolve_config(TrainConfig(hflip="no"))
     for argv, want in ((["--no-hflip"], False), (["--hflip"], True), ([], None)):
         args = build_parser().parse_args(["train", *argv])
-        assert _train_overrides(args).get("hflip") is want
+        assert train_overrides(args).get("hflip") is want
 
 
 @pytest.mark.parametrize("flip", [True, False])

@@ -207,11 +207,11 @@ def test_resume_with_another_time_budget_says_the_stored_recipe_is_kept(tmp_path
     assert "the 5 min given now is ignored" in out and "started without a time budget (64 training images x 1 epochs" in out
     # the CLI implies the default study's 15-minute budget only for a new study, never for one already in --out
     from convattn.cli import build_parser
-    from convattn.cli.tasks import _compare_config
+    from convattn.cli.tasks import compare_config
     args = build_parser().parse_args(["compare", "--out", str(tmp_path / "n")])
-    assert _compare_config(args, [0]).time_budget_min == 0
+    assert compare_config(args, [0]).time_budget_min == 0
     args = build_parser().parse_args(["compare", "--out", str(tmp_path / "new")])
-    assert _compare_config(args, [0]).time_budget_min == 15.0
+    assert compare_config(args, [0]).time_budget_min == 15.0
 
 
 # --- raw tracebacks ------------------------------------------------------------------------------------------------

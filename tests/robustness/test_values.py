@@ -5,13 +5,13 @@ import pytest
 
 from convattn.cli import build_parser, main
 from convattn.tasks.classification import TrainConfig, resolve_config
-from convattn.cli.tasks import _train_overrides, _variant
+from convattn.cli.tasks import train_overrides, _variant
 from convattn.validate import ConfigError, check_device, check_value
 
 
 def _resolved(*argv: str) -> TrainConfig:
     args = build_parser().parse_args(["train", *argv])
-    return resolve_config(TrainConfig(variant=_variant(args), **_train_overrides(args)))
+    return resolve_config(TrainConfig(variant=_variant(args), **train_overrides(args)))
 
 
 @pytest.mark.parametrize("flag, field, value", [
@@ -110,7 +110,7 @@ def test_other_commands_refuse_bad_values(argv, message, tmp_path, capsys):
 def test_compare_honours_zero_weight_decay(tmp_path):
     """compare passes 0 on to every run's recipe (the default study's values fill only what was not given)."""
     args = build_parser().parse_args(["compare", "--weight-decay", "0", "--warmup-epochs", "0"])
-    over = _train_overrides(args)
+    over = train_overrides(args)
     assert over["weight_decay"] == 0.0 and over["warmup_epochs"] == 0.0
 
 
@@ -236,7 +236,7 @@ def test_every_config_field_is_an_option_declared_once():
                 assert f.name in opts and opts[f.name].help, (cmd, f.name)
     args = parser.parse_args(["train", "--no-nesterov", "--gamma", "0.5", "--stop-after", "1", "--ema", "--ema-decay",
                               "0.9", "--milestones", "2,4", "--schedule", "step"])
-    over = _train_overrides(args)
+    over = train_overrides(args)
     assert over == {"nesterov": False, "gamma": 0.5, "stop_after": 1, "ema": True, "ema_decay": 0.9,
                     "milestones": [2, 4], "schedule": "step"}
     d = _detect_config(parser.parse_args(["detect", "train", "--momentum", "0.8", "--no-frozen-bn", "--stop-after", "2",

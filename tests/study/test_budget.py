@@ -5,7 +5,7 @@ import json
 import pytest
 
 from convattn.cli import build_parser
-from convattn.cli.tasks import _compare_config
+from convattn.cli.tasks import compare_config
 from convattn.tasks.classification import CompareConfig, run_compare
 from convattn.tasks.classification import budget
 from convattn.tasks.classification.budget import ArmCost, plan
@@ -55,7 +55,7 @@ def test_plan_sizes_only_what_was_not_given():
 
 def _config(*argv):
     args = build_parser().parse_args(["compare", *argv])
-    return _compare_config(args, [0, 1, 2])
+    return compare_config(args, [0, 1, 2])
 
 
 def test_cli_budgets_the_default_study_only_where_its_size_is_not_given():

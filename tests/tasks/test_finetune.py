@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from convattn.cli import build_parser
-from convattn.cli.tasks import _train_overrides
+from convattn.cli.tasks import train_overrides
 from convattn.engine.freeze import new_parameter_names
 from convattn.models import create_model
 from convattn.tasks.classification import TrainConfig, build_model, data_for, evaluate, resolve_config, train
@@ -99,7 +99,7 @@ def test_options_are_validated_and_reach_train_and_compare():
     assert resolve_config(TrainConfig(identity=True)).identity  # allowed without weights (a note is printed)
     for command in ("train", "compare"):
         args = build_parser().parse_args([command, "--identity", "--freeze-epochs", "-1"])
-        assert {"identity": True, "freeze_epochs": -1}.items() <= _train_overrides(args).items()
+        assert {"identity": True, "freeze_epochs": -1}.items() <= train_overrides(args).items()
 
 
 def test_timm_pretrained_stem_reads_grey_images_as_three_channels_with_the_models_mean_std(tmp_path, capsys):

@@ -10,7 +10,7 @@ from typing import Any
 
 from .options import add_config_args, config_kwargs, int_list
 
-__all__ = ["add_task_commands"]
+__all__ = ["add_task_commands", "compare_config", "train_overrides"]
 
 
 # TrainConfig fields each command declares itself (names, folders, seeds, resume, progress)
@@ -40,7 +40,7 @@ def _variant(args: argparse.Namespace) -> str:
     return "+".join(parts) or "none"
 
 
-def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
+def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe options given on the command line (every value given is passed on as given: 0, 0.0 and False
     are values, only None means "not given"); threads are the command's own."""
     from dataclasses import fields
@@ -56,7 +56,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from ..tasks.classification import TrainConfig, train
     cfg = TrainConfig(model=args.model, variant=_variant(args), data=args.data, data_dir=args.data_dir, seed=args.seed,
                       out=args.out, resume=not args.no_resume, deterministic=args.deterministic, threads=args.threads,
-                      progress=not args.quiet, **_train_overrides(args))
+                      progress=not args.quiet, **train_overrides(args))
     final = train(cfg)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         print(json.dumps(final, indent=2))
@@ -112,17 +112,17 @@ def _run_compare(args: argparse.Namespace) -> int:
                                     args.report_only)
     else:
         from ..tasks.classification.study import run_compare
-        run_compare(_compare_config(args, seeds), command)
+        run_compare(compare_config(args, seeds), command)
     return 0
 
 
-def _compare_config(args: argparse.Namespace, seeds: list[int]):
+def compare_config(args: argparse.Namespace, seeds: list[int]):
     """The study the arguments describe, resolved as the API resolves it (:func:`resolve_compare`: the default
     study's recipe and time budget): the CLI and ``run_compare`` give the same study for the same arguments."""
     from ..tasks.classification.study import CompareConfig, resolve_compare
     return resolve_compare(CompareConfig(
         model=args.model, variants=args.variants or list(CompareConfig.variants), seeds=seeds, data=args.data,
-        data_dir=args.data_dir, out=args.out, train=_train_overrides(args), threads=args.threads,
+        data_dir=args.data_dir, out=args.out, train=train_overrides(args), threads=args.threads,
         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only,
         time_budget_min=args.time_budget))
 
@@ -133,7 +133,7 @@ def _detection_base(args: argparse.Namespace):
 
     from ..tasks.detection.run import DetectConfig
     from ..validate import ConfigError
-    given = _train_overrides(args)
+    given = train_overrides(args)
     foreign = sorted(k for k in given if k not in {f.name for f in fields(DetectConfig)})
     if foreign:
         raise ConfigError(f"compare --task detection does not take {', '.join('--' + k.replace('_', '-') for k in foreign)} "
