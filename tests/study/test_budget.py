@@ -108,7 +108,9 @@ def test_budgeted_study_stores_its_recipe_and_keeps_it_when_resumed(tmp_path, mo
                         latency_repeats=2, latency_batch=8, time_budget_min=0.14, budget_sizes=("train_size",),
                         train=dict(train_size=4000, epochs=1, batch_size=64, warmup_epochs=0.0))
     rows = run_compare(cfg)
-    assert "200 training images x 1 epochs" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "timing a few training steps of each of the 2 arms" in said  # said before the silent measurement
+    assert "200 training images x 1 epochs" in said
     stored = json.loads((tmp_path / "budget.json").read_text())
     study = json.loads((tmp_path / "study.json").read_text())
     assert stored["train_size"] == study["recipe"]["train_size"] == 200 and study["recipe"]["epochs"] == 1

@@ -163,6 +163,8 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
                   f"--out for a budgeted study)")
         return kept
     t0 = time.perf_counter()
+    print(f"time budget: {budget_min:g} min; timing a few training steps of each of the {len(variants)} arms to size "
+          "the study ...", flush=True)
     full = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     costs = measure_costs(base, variants, data=full)
     # once per study: a profile (one forward per arm) and the latency table (about 12 batches per arm)
