@@ -17,7 +17,7 @@ def mean_se(xs):
 
 lines = ["| arm | form | per seed (top-1 %) | mean ± std | Δ vs none (paired ± SE) | identity − official (paired ± SE) |",
          "|---|---|---|---|---|---|"]
-for arm in ("se", "cbam"):
+for arm in ("se", "cbam", "eca", "steam"):
     path = here / arm / "runs.csv"
     if not path.exists():
         continue

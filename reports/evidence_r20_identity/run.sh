@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 27: does the identity form (attach(identity=True), `--identity`), which removes the gated modules' early
 # deficit, change the final accuracy of the evidence study (ResNet-20, Fashion-MNIST 20k images x 10 epochs)?
-# The evidence study's recipe and seeds, SE and CBAM (the largest early deficits) in the identity form, one
-# compare folder per arm so the two can run side by side on two cores: `run.sh se` and `run.sh cbam`.
+# The evidence study's recipe and seeds, one gated arm in the identity form per compare folder, so two can run
+# side by side on two cores: `run.sh se`, `run.sh cbam`, `run.sh eca`, `run.sh steam`.
 # The plain network is not retrained: the identity form does not change it, so each folder starts with the
 # evidence study's `none` runs (same recipe, same seeds), copied in. Resumable: rerun to continue.
 set -euo pipefail
