@@ -245,8 +245,8 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run_detect)
 
     p = sub.add_parser("compare", help="train baseline + attention variants over seeds and write one report",
-                       description="With no arguments: ResNet-20 on the embedded Fashion-MNIST subset, every default "
-                                   f"variant, {len(DEFAULT_STUDY['seeds'])} seeds, sized to a "
+                       description="With no arguments: ResNet-20 on the embedded Fashion-MNIST subset, the default arms "
+                                   f"({', '.join(COMPARE_VARIANTS)}), {len(DEFAULT_STUDY['seeds'])} seeds, sized to a "
                                    f"{DEFAULT_STUDY['time_budget_min']:g}-minute budget on this machine (training "
                                    "images, then epochs; printed before training).")
     p.add_argument("--model", default=DEFAULT_STUDY["model"])
