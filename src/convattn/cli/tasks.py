@@ -202,7 +202,7 @@ def _run_detect(args: argparse.Namespace) -> int:
 
 
 def add_task_commands(sub: argparse._SubParsersAction) -> None:
-    from ..models import COMPARE_VARIANTS
+    from ..models import COMPARE_VARIANTS, DEFAULT_VARIANTS
     from ..tasks.classification.study import DEFAULT_STUDY
     p = sub.add_parser("train", help="train one model/variant (torchrun for several processes)")
     p.add_argument("--model", default="resnet20",
@@ -251,8 +251,8 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
                                    "images, then epochs; printed before training).")
     p.add_argument("--model", default=DEFAULT_STUDY["model"])
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
-                   help=f"comma-separated (default: {','.join(COMPARE_VARIANTS)}; the evidence study's other arms: gct,se+aw,"
-                        "cbam+aw)")
+                   help=f"comma-separated (default: {','.join(COMPARE_VARIANTS)}; the papers' other arms: "
+                        f"{','.join(v for v in DEFAULT_VARIANTS if v not in COMPARE_VARIANTS)})")
     p.add_argument("--seeds", type=int_list, default=[len(DEFAULT_STUDY["seeds"])],
                    help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
     _data_args(p)
