@@ -62,8 +62,9 @@ def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3
     data (``data``, loaded here when not given).
 
     The arms are timed in ``rounds`` interleaved rounds (none, se, ..., none, se, ...), so that a burst of other
-    work on the machine slows a few steps of every arm rather than all steps of one: on a shared 2-core machine a
-    single 0.75 s window per arm measured AW 50 % slower than its training then ran.
+    work on the machine slows a few steps of every arm rather than all steps of one. Measured against the training
+    that followed (2-core EPYC): within 6 % for every arm but AW, which trained 1.5x faster than measured here (an
+    overestimate: it makes the study end early, not overrun).
     """
     data = data or data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
     x, y = next(iter(data.train.epoch(1)))
