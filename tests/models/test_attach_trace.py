@@ -176,7 +176,7 @@ def test_convattn_resnets_are_the_plain_network_plus_attach():
     assert [s.feature_stride for s in m.modules() if isinstance(s, STEAM)] == [4, 8, 16, 16, 32]
     assert {c.mode for c in create_model("resnet20", conv="aw").modules() if isinstance(c, AWConv2d)} == {"full"}
     assert {c.mode for c in create_model("resnet18", conv="aw").modules() if isinstance(c, AWConv2d)} == {"full_g"}
-    with pytest.raises(ValueError, match="attn_kwargs/conv_kwargs given without a module"):
+    with pytest.raises(ValueError, match="attn_kwargs .* configure an attention module, but the plan has none"):
         create_model("resnet20", attn_kwargs={"rd_ratio": 0.5})
 
 

@@ -62,7 +62,8 @@ def test_detector_on_timm_and_torchvision_backbones():
     for backbone, variant in (("timm:regnety_002", "coord"), ("torchvision:mobilenet_v3_large", "steam+aw")):
         det = create_detector("fasterrcnn", backbone=backbone, variant=variant, num_classes=3, min_size=128,
                               max_size=128, trainable_layers=3)
-        feats = det.backbone.body(torch.randn(1, 3, 128, 128))
+        from convattn.tasks.detection.backbone import StageFeatures
+        feats = StageFeatures.run(det.backbone.body, det.backbone.block_names, torch.randn(1, 3, 128, 128))
         assert [f.shape[-1] for f in feats.values()] == [32, 16, 8, 4]  # strides 4, 8, 16, 32
         frozen = [m for m in det.backbone.modules() if type(m).__name__ in ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")]
         assert frozen and not any(isinstance(m, torch.nn.BatchNorm2d) for m in det.backbone.modules())

@@ -111,7 +111,7 @@ def test_empty_out_is_refused(tmp_path, capsys, monkeypatch, argv):
 def test_export_with_no_format_is_refused(tmp_path, capsys, formats):
     """Case 4: export --formats '' / ',' exited 0 and wrote nothing."""
     assert main(["export", "--model", "resnet20", "--formats", formats, "--out", str(tmp_path / "x")]) == 2
-    one_line_error(capsys, f"formats (--formats) {formats!r} names no format; give onnx, torchscript or both")
+    one_line_error(capsys, f"formats (--formats) {formats!r} names no format; give onnx, torchscript, hf or several (comma-separated)")
     assert not (tmp_path / "x").exists()
 
 

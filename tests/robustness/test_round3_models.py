@@ -52,7 +52,7 @@ def test_another_networks_weights_are_refused_unless_a_partial_load_is_asked_for
         assert f"loaded {loaded} tensors" in msg  # LoadReport.summary(): what matched
     m = create_model(name, num_classes=10, pretrained_path=str(weights[file]), pretrained_allow_partial=True)
     assert m.pretrained_report.loaded and (loaded is None or len(m.pretrained_report.loaded) == loaded)
-    with pytest.raises(ValueError, match="no pretrained_path is given"):
+    with pytest.raises(ValueError, match="no weights file is given"):
         create_model(name, pretrained_allow_partial=True)
 
 

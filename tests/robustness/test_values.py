@@ -183,7 +183,7 @@ def test_eval_prints_even_when_the_run_folder_is_read_only(tmp_path, capsys, mon
     assert main(["train", "--epochs", "1", "--train-size", "32", "--batch-size", "32", "--quiet", "--out",
                  str(out)]) == 0
     capsys.readouterr()
-    import convattn.tasks.classification.run as cls
+    import convattn.tasks.classification.evaluation as cls
 
     def read_only(path, text):
         raise PermissionError(13, "Permission denied", str(path))

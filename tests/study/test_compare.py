@@ -8,7 +8,7 @@ import pytest
 from convattn.cli import main
 from convattn.tasks.classification import CompareConfig, run_compare
 from convattn.tasks.classification.study import TOP1
-from convattn.study.compare import _metric_cells, _stacked_table
+from convattn.study.verdicts import metric_cells as _metric_cells, stacked_table as _stacked_table
 from convattn.study.stats import check_study, paired_deltas
 from convattn.tasks.classification import TrainConfig
 
@@ -138,7 +138,7 @@ def test_report_states_the_module_options_that_ran():
     line = _module_lines(study_recipe(cfg, ["none", "steam", "aw"]), ["none", "steam", "aw"])
     assert "steam: d=8, heads=2" in line and "channel_graph='knn'" in line and "weight_decay=True" in line
     assert "aw: mode='out'" in line and "reduction=16" in line
-    assert "mode=full (CIFAR-ResNet default)" in _module_lines(study_recipe(CompareConfig(), ["aw"]), ["aw"])
+    assert "mode=full (the default rule: full (paper-literal)" in _module_lines(study_recipe(CompareConfig(), ["aw"]), ["aw"])
     from convattn.layers import module_options
     with pytest.raises(ValueError, match="se has no option.*heads.*valid: act_layer"):
         module_options("se", {"heads": 2})

@@ -135,23 +135,28 @@ def test_evidence_result_reads_the_csv_and_is_none_when_file_or_arm_is_absent(tm
     assert evidence_study(ev)["updates"] == 10 * (20000 // 128) and evidence_study(tmp_path / "nowhere") is None
 
 
-def test_installed_without_the_repository_there_is_no_evidence(monkeypatch):
-    monkeypatch.setattr(cls, "repo_root", lambda: None)
+def test_without_a_reference_there_is_no_evidence(monkeypatch, tmp_path):
+    monkeypatch.setattr(cls, "reference_folder", lambda: tmp_path / "nowhere")
     assert evidence_result("se") is None and evidence_study() is None
     assert ClassificationStudy(CompareConfig(variants=["se"]), ["se"]).reference() is None
 
 
-def test_committed_evidence_study_is_found_from_a_checkout():
-    if cls.repo_root() is None or not (cls.repo_root() / cls.EVIDENCE_STUDY / "results.csv").exists():
-        pytest.skip("not running from a checkout with reports/evidence_r20")
+def test_the_evidence_study_ships_with_the_package():
+    """Read from package data (a wheel install has it too), not from a repository path."""
+    folder = cls.reference_folder()
+    assert "site-packages" in folder.as_posix() or folder.as_posix().endswith("src/convattn/data/reference/evidence_r20")
     assert evidence_result("se")["verdict"] and evidence_result("none")["mean"] > 80
     assert evidence_study()["updates"] == 1560
+    checkout = Path(__file__).resolve().parents[2] / cls.EVIDENCE_STUDY
+    if checkout.is_dir():  # the shipped copy is the committed study's
+        for name in ("results.csv", "study.json"):
+            assert (folder / name).read_bytes() == (checkout / name).read_bytes(), name
 
 
 def test_evidence_column_only_for_the_same_model_and_data(tmp_path, monkeypatch):
     root = tmp_path / "repo"
     _write_evidence(root / cls.EVIDENCE_STUDY, OLD_STYLE)
-    monkeypatch.setattr(cls, "repo_root", lambda: root)
+    monkeypatch.setattr(cls, "reference_folder", lambda: root / cls.EVIDENCE_STUDY)
     ref = ClassificationStudy(CompareConfig(variants=["se", "eca"], out=str(tmp_path / "s")), ["se", "eca"]).reference()
     assert ref["baseline"] == 91.2 and ref["updates"] == 1560 and set(ref["arms"]) == {"none", "se"}
     assert ref["arms"]["se"]["delta"] == 0.12 and "reports/evidence_r20/results.csv" in ref["note"]
@@ -234,15 +239,16 @@ def test_differences_plot_shows_the_reference_study_and_says_when_still_convergi
         figs[Path(path).name] = dict(title=ax.get_title(), legend=[t.get_text() for t in ax.get_legend().get_texts()],
                                      squares=[line.get_xdata()[0] for line in ax.lines if line.get_marker() == "s"])
 
-    monkeypatch.setattr(compare, "save_figure", keep)
+    from convattn.study import verdicts
+    monkeypatch.setattr(verdicts, "save_figure", keep)
     top1 = Metric("top1", "top-1", lambda r: r["val_top1"])
     results = {v: [dict(seed=s, val_top1=b + d) for s, b in enumerate((80.0, 81.0, 79.0))]
                for v, d in (("none", 0.0), ("se", -2.0), ("eca", -1.0))}
     rows = [dict(variant="none"), dict(variant="se", reference_delta=0.12), dict(variant="eca")]
-    compare._plots(tmp_path, rows, results, top1, dict(rising=True, updates=624), "evidence study (long)")
+    verdicts.plot_study(tmp_path, rows, results, top1, dict(rising=True, updates=624), "evidence study (long)")
     fig = figs["delta_vs_none.png"]
     assert fig["squares"] == [0.12] and "evidence study (long)" in fig["legend"]
     assert fig["title"].startswith("after 624 updates;") and "learning speed, not final accuracy" in fig["title"]
-    compare._plots(tmp_path, [dict(variant=v) for v in results], results, top1, dict(rising=False), None)
+    verdicts.plot_study(tmp_path, [dict(variant=v) for v in results], results, top1, dict(rising=False), None)
     fig = figs["delta_vs_none.png"]
     assert fig["squares"] == [] and fig["title"] == "" and fig["legend"] == ["seeds", "this study: mean ± SE"]

@@ -147,10 +147,9 @@ def load_image(path: str | os.PathLike, in_chans: int, size: int, mean, std) -> 
     return t[None].float(), arr.transpose(1, 2, 0)
 
 
-def validation_images(cfg: Any, info: dict[str, Any], indices: list[int]) -> list[tuple[str, torch.Tensor, np.ndarray, int]]:
-    """(name, normalised tensor (1, C, H, W), display image, label) for validation images of a run's data set."""
-    from ..tasks.classification.run import data_for
-    data = data_for(cfg, 1, 1, workers=0)
+def validation_images(data: Any, info: dict[str, Any], indices: list[int]) -> list[tuple[str, torch.Tensor, np.ndarray, int]]:
+    """(name, normalised tensor (1, C, H, W), display image, label) for validation images of a run's data set
+    (``data``: the run's :class:`~convattn.data.DataBundle`; ``info``: its data.json, for the normalisation)."""
     mean, std = torch.tensor(info["mean"]).view(-1, 1, 1), torch.tensor(info["std"]).view(-1, 1, 1)
     items = []
     for i in indices:

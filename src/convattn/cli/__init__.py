@@ -67,7 +67,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--in-chans", type=int, default=3)
     p.add_argument("--input-size", type=int, default=None, help="default: the run's image size, or 224/32")
-    p.add_argument("--formats", default="onnx,torchscript")
+    p.add_argument("--formats", default="onnx,torchscript",
+                   help="comma-separated: onnx, torchscript, hf (a timm / Hugging Face folder that "
+                        "timm.create_model('local-dir:...') reloads, with a model card; docs/sharing.md)")
     p.add_argument("--dynamic-hw", action="store_true", help="also dynamic height/width in ONNX")
     p.add_argument("--ema", action="store_true", help="with --run: export the EMA weights")
     p.add_argument("--out", default="exported")
@@ -90,12 +92,12 @@ def _run_export(args: argparse.Namespace) -> int:
     check_values(args, (("num_classes", dict(lo=1, integer=True)), ("in_chans", dict(lo=1, integer=True)),
                         ("input_size", dict(lo=8, hi=MAX_EXPORT_SIZE, integer=True, optional=True))))
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    bad = set(formats) - {"onnx", "torchscript"}
+    bad = set(formats) - {"onnx", "torchscript", "hf"}
     if bad:
-        raise ValueError(f"unknown export format(s) {sorted(bad)}; valid: onnx, torchscript")
+        raise ValueError(f"unknown export format(s) {sorted(bad)}; valid: onnx, torchscript, hf")
     if not formats:
-        raise ConfigError(f"formats (--formats) {args.formats!r} names no format; give onnx, torchscript or both "
-                          "(comma-separated)")
+        raise ConfigError(f"formats (--formats) {args.formats!r} names no format; give onnx, torchscript, hf or "
+                          "several (comma-separated)")
 
     from ..export import export_model, verify_export
     if args.run:
@@ -103,12 +105,21 @@ def _run_export(args: argparse.Namespace) -> int:
         cfg, info, model = load_run(args.run, use_ema=args.ema)
         name, in_chans, size = _file_stem(cfg.model, cfg.variant), info["in_chans"], info["image_size"]
     else:
-        from ..models import create_model, parse_variant
-        model = create_model(args.model, num_classes=args.num_classes, in_chans=args.in_chans,
-                             **parse_variant(args.variant)).eval()
+        from ..models import create_model
+        model = create_model(args.model, variant=args.variant, num_classes=args.num_classes,
+                             in_chans=args.in_chans).eval()
         name, in_chans = _file_stem(args.model, args.variant), args.in_chans
-        size = 32 if getattr(model, "stem", "") == "cifar" else 224
+        size = getattr(model, "default_input_size", 224)
     size = args.input_size or size
+    if "hf" in formats:  # a shared folder; a run's also carries its recipe and accuracy in the card
+        from pathlib import Path
+
+        from ..sharing import export_run, save_pretrained
+        target = Path(args.out) / f"{name}_hf"
+        saved = export_run(args.run, target, use_ema=args.ema) if args.run else \
+            save_pretrained(model, target, check_size=size)
+        print(f"hf: {saved.summary()}")
+        formats = tuple(f for f in formats if f != "hf")
     paths = export_model(model, args.out, name, torch.randn(2, in_chans, size, size), formats, args.dynamic_hw)
     for fmt, path in paths.items():
         worst = verify_export(model, path, fmt, in_chans, size)
@@ -137,7 +148,7 @@ def _run_maps(args: argparse.Namespace) -> int:
     from ..analysis.maps import attention_statistics, load_image, save_maps, save_statistics, validation_images
     from ..data import list_image_files
     from ..report import safe_name
-    from ..tasks.classification.run import load_run
+    from ..tasks.classification.run import data_for, load_run
     if args.stats is not None and args.stats < 2:
         raise ValueError(f"--stats needs at least 2 images, got {args.stats}")
     try:
@@ -148,8 +159,12 @@ def _run_maps(args: argparse.Namespace) -> int:
         raise ValueError(f"--index numbers must be >= 0, got {args.index!r}")
     cfg, info, model = load_run(args.run, use_ema=args.ema)
     out = Path(args.out or Path(args.run) / "maps")
+
+    def run_images(idx: list[int]) -> list:  # the run's validation images, as the run read them
+        return validation_images(data_for(cfg, 1, 1, workers=0, run_info=info), info, idx)
+
     if args.stats is not None:
-        imgs = validation_images(cfg, info, list(range(args.stats)))
+        imgs = run_images(list(range(args.stats)))
         rows = attention_statistics(model, torch.cat([x for _, x, _, _ in imgs]))
         files = save_statistics(rows, out, f"Attention statistics: {args.run} ({args.stats} validation images)")
         print(f"{len(rows)} attention outputs: {', '.join(map(str, files))}")
@@ -160,7 +175,7 @@ def _run_maps(args: argparse.Namespace) -> int:
         x, disp = load_image(f, info["in_chans"], info["image_size"], info["mean"], info["std"])
         items.append((safe_name(f.stem, "image"), x, disp, None))
     if args.index is not None or not items:
-        items += validation_images(cfg, info, indices)
+        items += run_images(indices)
     for name, x, disp, label in items:
         s = save_maps(model, x, disp, out / name, info.get("classes"), label)
         print(f"{out / name}: {', '.join(s['files'])} (predicted {s['prediction']}, p={s['probability']:.2f})")
@@ -175,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_profile(sub)
     _add_export(sub)
     _add_maps(sub)
+    from .yolo import add_yolo_data_command
+    add_yolo_data_command(sub)
     from .tasks import add_task_commands
     add_task_commands(sub)
     for p in sub.choices.values():  # also accepted after the command; SUPPRESS keeps a top-level --debug
@@ -185,7 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures caused by the input, the files or the machine: reported in one line (``--debug``: traceback)."""
     from ..optional import MissingExtra  # an optional package a feature needs: the line names the extra to install
-    errors: list[type[BaseException]] = [ValueError, OSError, FloatingPointError, MemoryError, MissingExtra]
+    from ..study.compare import RunsFailed  # some runs of a study failed: the others finished, the report names them
+    errors: list[type[BaseException]] = [ValueError, OSError, FloatingPointError, MemoryError, MissingExtra,
+                                         RunsFailed]
     try:
         from PIL import Image
         errors.append(Image.DecompressionBombError)

@@ -17,11 +17,15 @@ __all__ = ["add_task_commands", "compare_config", "train_overrides"]
 _TRAIN_OWN = ("model", "variant", "data", "data_dir", "seed", "out", "resume", "deterministic", "progress")
 
 
-def _recipe_args(p: argparse.ArgumentParser) -> None:
-    """Every other TrainConfig field as an option (help, type and choices from the dataclass)."""
+def _recipe_args(p: argparse.ArgumentParser, study: bool = False) -> None:
+    """Every other TrainConfig field as an option (help, type and choices from the dataclass). In a study
+    (``compare``) ``--workers`` are the runs in parallel: the DataLoader's are ``--loader-workers``."""
     from ..tasks.classification import TrainConfig
     g = p.add_argument_group("recipe (defaults come from --preset)")
-    add_config_args(g, TrainConfig, skip=_TRAIN_OWN)
+    add_config_args(g, TrainConfig, skip=_TRAIN_OWN + (("workers",) if study else ()))
+    if study:
+        g.add_argument("--loader-workers", type=int, default=None,
+                       help="DataLoader workers of each run (default 2; --workers: runs in parallel)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -34,10 +38,9 @@ def _data_args(p: argparse.ArgumentParser, default: str = "embedded") -> None:
 def _variant(args: argparse.Namespace) -> str:
     if args.variant and (args.attn or args.conv):
         raise ValueError("give either --variant or --attn/--conv, not both")
-    if args.variant:
-        return args.variant
-    parts = [a for a in (args.attn, args.conv) if a and a != "none"]
-    return "+".join(parts) or "none"
+    from ..models.plan import AttachPlan
+    plan = AttachPlan.parse(args.variant) if args.variant else AttachPlan(attn=args.attn, conv=args.conv)
+    return plan.name
 
 
 def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -49,6 +52,10 @@ def train_overrides(args: argparse.Namespace) -> dict[str, Any]:
     if args.ema_decay is not None and not args.ema:
         raise ValueError(f"--ema-decay {args.ema_decay} has no effect without --ema; add --ema or drop --ema-decay")
     names = [f.name for f in fields(TrainConfig) if f.name not in _TRAIN_OWN and f.name != "threads"]
+    if getattr(args, "command", None) == "compare":  # --workers: the study's parallel runs, not the DataLoader's
+        names.remove("workers")
+        return {**config_kwargs(args, names),
+                **({"workers": args.loader_workers} if args.loader_workers is not None else {})}
     return config_kwargs(args, names)
 
 
@@ -99,21 +106,45 @@ def _seed_list(seeds: list[int]) -> list[int]:
 
 def _run_compare(args: argparse.Namespace) -> int:
     """One study for every task (convattn.study.compare.run_study); the task supplies recipe, runs and metrics."""
+    from ..tasks.classification.study import DEFAULT_STUDY
     from ..validate import ConfigError, check_value
-    seeds = _seed_list(args.seeds)
+    seeds = _seed_list(args.seeds or [len(DEFAULT_STUDY["seeds"])])
     check_value("latency_batch", args.latency_batch, lo=1, integer=True)
     command = "convattn " + shlex.join(a for a in sys.argv[1:] if a != "--report-only")  # the command that trains
+    executor = executor_config(args)
+    if args.study or args.dry_run:
+        from ..study.presets import PRESET_NAMES, run_paper_study
+        if not args.study:
+            raise ConfigError("--dry-run plans a named study: give --study " + " | ".join(PRESET_NAMES))
+        run_paper_study(args.study, args.data_dir, args.out, args.variants,
+                        _seed_list(args.seeds) if args.seeds else None, train_overrides(args), executor,
+                        args.dry_run, args.threads, args.latency_batch, not args.quiet, args.report_only, command)
+        return 0
+    args.out = args.out or "runs/compare"  # (a named study's default is runs/<name>)
+    if args.task == "yolo":
+        from .yolo import run_compare_yolo
+        return run_compare_yolo(args, seeds, command, executor, train_overrides(args))
     if args.task == "detection":
         if args.time_budget:
             raise ConfigError("--time-budget sizes classification studies; give the detection recipe (--epochs, "
                               "--train-size) instead")
         from ..tasks.detection.study import compare_detection
-        compare_detection(_detection_base(args), args.variants or ["steam", "aw"], seeds, args.out, command,
-                                    args.report_only)
+        compare_detection(_detection_base(args), args.variants or ["steam", "aw"], seeds, args.out or "runs/compare",
+                          command,
+                          args.report_only, executor)
     else:
         from ..tasks.classification.study import run_compare
-        run_compare(compare_config(args, seeds), command)
+        run_compare(compare_config(args, seeds), command, executor)
     return 0
+
+
+def executor_config(args: argparse.Namespace):
+    """Where the runs of ``compare`` execute (``--executor``, ``--workers``, ``--devices``, ``--ray-address``,
+    ``--slurm-*``)."""
+    from dataclasses import fields
+
+    from ..study.executors import ExecutorConfig
+    return ExecutorConfig(**config_kwargs(args, [f.name for f in fields(ExecutorConfig)]))
 
 
 def compare_config(args: argparse.Namespace, seeds: list[int]):
@@ -122,7 +153,7 @@ def compare_config(args: argparse.Namespace, seeds: list[int]):
     from ..tasks.classification.study import CompareConfig, resolve_compare
     return resolve_compare(CompareConfig(
         model=args.model, variants=args.variants or list(CompareConfig.variants), seeds=seeds, data=args.data,
-        data_dir=args.data_dir, out=args.out, train=train_overrides(args), threads=args.threads,
+        data_dir=args.data_dir, out=args.out or "runs/compare", train=train_overrides(args), threads=args.threads,
         latency_batch=args.latency_batch, progress=not args.quiet, report_only=args.report_only,
         time_budget_min=args.time_budget))
 
@@ -253,10 +284,11 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v.strip()], default=None,
                    help=f"comma-separated (default: {','.join(COMPARE_VARIANTS)}; the papers' other arms: "
                         f"{','.join(v for v in DEFAULT_VARIANTS if v not in COMPARE_VARIANTS)})")
-    p.add_argument("--seeds", type=int_list, default=[len(DEFAULT_STUDY["seeds"])],
-                   help="a count (3 = seeds 0,1,2) or a list (0,5,7)")
+    p.add_argument("--seeds", type=int_list, default=None,
+                   help=f"a count (3 = seeds 0,1,2) or a list (0,5,7) (default {len(DEFAULT_STUDY['seeds'])}; a "
+                        "named --study: 1)")
     _data_args(p)
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument("--out", default=None, help="study folder (default runs/compare; a named --study: runs/<name>)")
     p.add_argument("--latency-batch", type=int, default=64)
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: write the report from the runs finished so far (marked partial)")
@@ -264,8 +296,19 @@ def add_task_commands(sub: argparse._SubParsersAction) -> None:
                    help="size --train-size and --epochs (those not given) to this wall time on this machine, from "
                         f"each arm's measured cost (default: {DEFAULT_STUDY['time_budget_min']:g} for the default "
                         "study, else none; 0: no budget)")
-    p.add_argument("--task", choices=["classification", "detection"], default="classification")
+    p.add_argument("--task", choices=["classification", "detection", "yolo"], default="classification")
+    from .yolo import add_yolo_args
+    add_yolo_args(p)
+    from ..study.executors import ExecutorConfig
+    from ..study.presets import PRESET_NAMES
+    add_config_args(p.add_argument_group("where the runs execute (docs/scale.md)"), ExecutorConfig)
+    p.add_argument("--study", default=None, metavar="NAME",
+                   help=f"a paper's table as a named study: {', '.join(PRESET_NAMES)} (needs --data-dir: an "
+                        "ImageNet folder with train/ and val/, or a COCO folder)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (runs, estimated GPU-hours, each run's command, where results go) and train "
+                        "nothing")
     p.add_argument("--detector", default="fasterrcnn", choices=["fasterrcnn", "maskrcnn", "retinanet"])
     p.add_argument("--backbone", default="resnet18", help="--task detection: convattn ResNet or timm:<name> / torchvision:<name>")
-    _recipe_args(p)
+    _recipe_args(p, study=True)
     p.set_defaults(func=_run_compare)

@@ -43,6 +43,9 @@ def open_image(path: str | os.PathLike, mode: str = "RGB"):
                          f"{Image.MAX_IMAGE_PIXELS} pixels") from None
     except (OSError, UnidentifiedImageError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path}: {e} (remove or replace the file)") from e
+    except ImportError as e:  # another package patched Image.open with a decoder it lacks (ultralytics tries pi_heif)
+        raise ValueError(f"cannot read image {path}: not a format PIL reads, and a patched Image.open failed "
+                         f"({type(e).__name__}: {e}) (remove or replace the file)") from e
     if img.mode in _WIDE_MODES:
         arr = np.asarray(img, dtype=np.float64)
         if img.mode == "F":

@@ -92,15 +92,16 @@ def resume_run(ckpt_root: Path, settings: dict[str, Any], identity_keys: Sequenc
 def compile_model(model: nn.Module) -> nn.Module:
     """``torch.compile`` with the inductor options measured best for the model.
 
-    On CPU, a model with AW-convolutions is compiled without inductor's layout optimisation: its
-    channels_last conversions around the per-sample grouped convolutions made the compiled AW ResNet-20 train
-    at 0.87x eager speed, and 1.09x without them (benchmarks/results/cpu_compile_r20_aw).
+    On CPU, the options the network's attention modules declare (``cpu_compile_options``: AW-convolution turns
+    inductor's layout optimisation off, measured in benchmarks/results/cpu_compile_r20_aw).
     """
-    from ..layers import AWConv2d
-    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
-    if on_cpu and any(isinstance(m, AWConv2d) for m in model.modules()):
-        return torch.compile(model, options={"layout_optimization": False})
-    return torch.compile(model)
+    from ..layers import AttentionModule
+    options: dict = {}
+    if all(p.device.type == "cpu" for p in model.parameters()):
+        for m in model.modules():  # what the modules ask for (the contract's cpu_compile_options)
+            if isinstance(m, AttentionModule):
+                options.update(m.cpu_compile_options)
+    return torch.compile(model, options=options) if options else torch.compile(model)
 
 
 def wrap_model(model: nn.Module, info: DistInfo, compile: bool = False) -> nn.Module:

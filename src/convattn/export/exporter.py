@@ -1,4 +1,5 @@
-"""ONNX (dynamic batch, optionally dynamic height/width) and TorchScript export of convattn models.
+"""ONNX (dynamic batch, optionally dynamic height/width) and TorchScript export of convattn models; ``"hf"``: a
+timm / Hugging Face folder (:func:`convattn.sharing.save_pretrained`).
 
 AWConv2d's default implementation folds the batch into convolution groups, and ONNX stores a Conv's group
 count as a constant, so a folded graph only runs at the traced batch size (onnx issues 3843, 3889). Inside
@@ -16,7 +17,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ..layers import AWConv2d
+from ..layers import AttentionModule
 from ..optional import require
 
 __all__ = ["export_mode", "export_onnx", "export_torchscript", "run_onnx", "export_model", "verify_export"]
@@ -24,17 +25,14 @@ __all__ = ["export_mode", "export_onnx", "export_torchscript", "run_onnx", "expo
 
 @contextlib.contextmanager
 def export_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Switch AWConv2d layers to the export-safe implementation for the duration of the block."""
-    saved = []
-    for m in model.modules():
-        if isinstance(m, AWConv2d) and m.impl not in ("unfold", "taps"):
-            saved.append((m, m.impl))
-            m.impl = "unfold"
+    """Switch the modules that need it (AWConv2d: to its batch-independent implementation) to their export-safe
+    computation for the duration of the block (the contract's ``for_export``)."""
+    undo = [u for m in model.modules() if isinstance(m, AttentionModule) and (u := m.for_export()) is not None]
     try:
         yield model
     finally:
-        for m, impl in saved:
-            m.impl = impl
+        for u in reversed(undo):
+            u()
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: torch.Tensor, dynamic_batch: bool = True,
@@ -105,4 +103,7 @@ def export_model(model: nn.Module, out_dir: str | os.PathLike, name: str, exampl
         out["onnx"] = export_onnx(model, Path(out_dir) / f"{name}.onnx", example, dynamic_hw=dynamic_hw)
     if "torchscript" in formats:
         out["torchscript"] = export_torchscript(model, Path(out_dir) / f"{name}.pt", example)
+    if "hf" in formats:  # a timm / Hugging Face folder, checked by reloading it (convattn.sharing)
+        from ..sharing import save_pretrained
+        out["hf"] = save_pretrained(model, Path(out_dir) / f"{name}_hf", check_size=example.shape[-1]).path
     return out

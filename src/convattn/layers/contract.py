@@ -14,7 +14,7 @@ Two halves:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -56,6 +56,14 @@ class AttentionModule(nn.Module):
     def attention_norms(self) -> Iterator[tuple[str, nn.Module]]:
         """(name, module) pairs of the normalisation layers inside the module."""
         return ((n, m) for n, m in self.named_modules() if n and isinstance(m, _NORMS))
+
+    #: ``torch.compile`` options a network holding this module compiles with on CPU (merged over its modules)
+    cpu_compile_options: ClassVar[dict[str, Any]] = {}
+
+    def for_export(self) -> Callable[[], None] | None:
+        """Switch to a computation that ONNX/TorchScript export can record for any batch size; returns the
+        function that switches back (None: the module needs no switch)."""
+        return None
 
 
 def declared_no_weight_decay(model: nn.Module) -> set[str]:

@@ -33,15 +33,6 @@ def _steam_site(site: Site, kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _aw_site(site: Site, kwargs: dict[str, Any]) -> dict[str, Any]:
-    """AW's generator: ``"full"`` (paper-literal) in networks whose first stage keeps the input resolution
-    (CIFAR-size networks, few channels), else ``"full_g"`` (grouped PW2, 1x1-conv sized) where its divisibility
-    holds."""
-    if "mode" not in kwargs and site.finest_reduction == 1:
-        kwargs = {**kwargs, "mode": "full"}
-    return kwargs  # else attach builds "full_g" per layer where it divides, "full" where it does not
-
-
 _SPECS: tuple[AttnSpec, ...] = (
     AttnSpec("se", SEModule, paper="Hu, Shen, Sun, CVPR 2018"),
     AttnSpec("cbam", CBAM, paper="Woo, Park, Lee, Kweon, ECCV 2018"),
@@ -51,7 +42,7 @@ _SPECS: tuple[AttnSpec, ...] = (
     AttnSpec("steam", STEAM, placement="stage_ends", inplace_ok=True, paper="Sabharwal et al., 2024",
              configure=_steam_site),
     AttnSpec("coord", CoordAttention, paper="Hou, Zhou, Feng, CVPR 2021"),
-    AttnSpec("aw", AWConv2d, kind="conv", paper="Zhu, Hofstee, Lee, Al-Ars, ICANN 2021", configure=_aw_site),
+    AttnSpec("aw", AWConv2d, kind="conv", paper="Zhu, Hofstee, Lee, Al-Ars, ICANN 2021"),  # mode: default_aw_modes
 )
 _REGISTRY: dict[str, AttnSpec] = {s.name: s for s in _SPECS}
 _NONE_NAMES = ("", "none")

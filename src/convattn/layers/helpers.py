@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["make_divisible", "get_act_layer", "check_input", "check_width", "to_2tuple", "upcast", "adaptive_avg_pool2d",
+__all__ = ["first_conv", "numeric_padding", "make_divisible", "get_act_layer", "check_input", "check_width", "to_2tuple", "upcast", "adaptive_avg_pool2d",
            "is_exporting", "register_notrace_module", "refuse_torchscript"]
 
 try:  # timm's fx feature extraction (and its model tests) keep registered modules as one leaf call
@@ -140,3 +140,27 @@ def refuse_torchscript(what: str = "convattn models") -> None:
         f"{what} do not support torch.jit.script: their attention uses custom autograd functions and export-time "
         "path selection that TorchScript cannot compile, and TorchScript is deprecated in PyTorch. Use "
         "torch.export.export, torch.onnx.export (both exporters) or torch.jit.trace instead")
+
+
+def numeric_padding(padding: Any, kernel_size: tuple[int, int], stride: tuple[int, int],
+                    dilation: tuple[int, int]) -> tuple[int, int]:
+    """Turn nn.Conv2d-style padding (int, pair, 'valid', 'same') into a symmetric numeric pair."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return 0, 0
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError("padding='same' is only supported with stride 1 (as in nn.Conv2d)")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel_size)]
+            if any(t % 2 for t in total):
+                raise ValueError(f"padding='same' needs symmetric padding; dilation*(k-1) = {total} is odd. "
+                                 "Pass explicit padding instead")
+            return total[0] // 2, total[1] // 2
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    return to_2tuple(padding)
+
+
+def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    """(name, module) of the first ``nn.Conv2d`` (or subclass) of ``model`` in module order, None without one: the
+    stem whose input channels a network takes."""
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)

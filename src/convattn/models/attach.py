@@ -28,89 +28,35 @@ that fails in any part leaves the network as it was, and the error says which pa
 and GCT (gamma = beta = 0) already start as the identity; gated ``output`` modules are wrapped in
 :class:`ResidualScale`, ``y = x + s * (m(x) - x)`` with a scalar ``s`` initialised to 0.
 
+Attached networks pickle whole (``torch.save(model)``, ``copy.deepcopy``, ultralytics' checkpoints): an attached
+module pickles as its base class plus a reconstructor (:mod:`convattn.models.attached`), both importable. An
+``output`` module also runs after the alternate forwards a library switches a layer to (``forward_fuse`` after
+ultralytics' Conv + BN fusion, ``forward_split``).
+
 ``torch.jit.script`` is refused on attached models with the reason (the attached modules call their class's own
 forward through ``super()``); torch.fx, ``torch.export`` and ONNX export trace them.
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from ..layers import AWConv2d, AttentionModule, create_attn
+from ..layers import AWConv2d, create_attn
+from ..layers.aw_conv import default_aw_modes
 from ..layers.contract import Site, resolve_placement
-from ..layers.create_attn import get_attn_spec, split_attn_name
-from ..layers.helpers import refuse_torchscript
+from ..layers.helpers import first_conv
+from ..layers.create_attn import get_attn_spec
+from .attached import AttnThen, ResidualScale, ThenAttn, attach_child, has_attn
 from .blocks import BLOCK_RULES, Block, assign_stages, find_blocks as _find_blocks, register_block, stage_outputs
+from .sites import (ConvSite, Where, check_where, configured, conv_sites, equivalent_aw, param_count, per_stage,
+                    select_blocks, split_parts)
 from .trace import Pass, TraceError, record_pass
 
-__all__ = ["attach", "AttachReport", "ResidualScale", "BLOCK_RULES", "register_block", "find_blocks", "stage_blocks",
-           "network_pass"]
-
-
-class ResidualScale(AttentionModule):
-    """``y = x + scale * (module(x) - x)`` with ``scale`` initialised to 0: the identity at insertion."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__()
-        self.module = module
-        self.scale = nn.Parameter(torch.zeros(()))
-
-    def reset_attention_parameters(self) -> None:
-        nn.init.zeros_(self.scale)
-
-    def no_weight_decay(self) -> set[str]:
-        return {"scale"}  # weight decay would pull the module back towards the identity
-
-    def attention(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.module.attention(x)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.scale.to(x.dtype) * (self.module(x) - x)
-
-
-# --- modules that run an attached child after / before themselves (classes made once per base class) ---
-
-class ThenAttn:
-    """Mixin: ``forward`` returns ``self.attn(<the base class's forward>)``."""
-
-    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.attn(super().forward(*args, **kwargs))
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        refuse_torchscript("models with attach()ed modules")
-
-
-class AttnThen:
-    """Mixin: ``forward`` runs ``self.attn`` on the input, then the base class's forward."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.attn(x))
-
-    def __prepare_scriptable__(self) -> nn.Module:
-        refuse_torchscript("models with attach()ed modules")
-
-
-@functools.lru_cache(maxsize=None)
-def _attached_class(base: type, mixin: type) -> type:
-    suffix = "WithOutputAttn" if mixin is ThenAttn else "WithInputAttn"
-    # a torch.nn layer stays a leaf for torch.fx (its Tracer treats torch.nn's classes as leaves): the graph then
-    # calls the attached layer as one module, whose forward runs the attention
-    module = base.__module__ if base.__module__.startswith("torch.nn") else __name__
-    return type(f"{base.__name__}{suffix}", (mixin, base), {"__module__": module})
-
-
-def _has_attn(module: nn.Module) -> bool:
-    return isinstance(getattr(module, "attn", None), nn.Module)
-
-
-def _attach_child(module: nn.Module, attn: nn.Module, mixin: type) -> None:
-    module.__class__ = _attached_class(type(module), mixin)
-    module.add_module("attn", attn)
-
+__all__ = ["attach", "AttachReport", "ResidualScale", "ThenAttn", "AttnThen", "BLOCK_RULES", "register_block",
+           "find_blocks", "stage_blocks", "network_pass", "AFTER_ATTACH"]
 
 # --- the dry pass ---
 
@@ -124,13 +70,9 @@ def _cfg_size(model: nn.Module) -> tuple[int | None, int | None]:
     return None, None
 
 
-def _first_conv(model: nn.Module) -> nn.Conv2d | None:
-    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-
-
 def _channel_candidates(model: nn.Module) -> list[int]:
     cands = [getattr(model, "in_chans", None), _cfg_size(model)[0]]
-    conv = _first_conv(model)
+    conv = (first_conv(model) or (None, None))[1]
     if conv is not None:
         cands.append(conv.in_channels)
     cands += [3, 1]
@@ -162,7 +104,7 @@ def network_pass(model: nn.Module, dry_run_size: int | None = None) -> tuple[Pas
         raise ValueError("attach needs the eager nn.Module: a TorchScript module (torch.jit.script/trace) cannot "
                          "be changed in place; attach to the eager model first, then script or export it")
     _check_size(dry_run_size)
-    conv = _first_conv(model)
+    conv = (first_conv(model) or (None, None))[1]
     if conv is None:
         raise ValueError(f"attach: {type(model).__name__} has no nn.Conv2d; it is not a CNN convattn can attach to")
     explicit = dry_run_size is not None
@@ -245,202 +187,14 @@ class AttachReport:
                 f"{self.identity}")
 
 
-# --- selection ---
-
-Where = Any  # None | "all" | rule name | {stage: indices} | [stages] | callable(name, module) -> bool
-
-
-def _int(v: Any, what: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"attach where: {what} must be an int, got {v!r} ({type(v).__name__})")
-    return v
-
-
-def _check_where(where: Where, counts: list[int]) -> set[tuple[int, int]] | None:
-    """Validated ``where`` -> chosen (stage, block) pairs, 0-based (None for a rule or a callable)."""
-    if where is None or callable(where) and not isinstance(where, str):
-        return None
-    if isinstance(where, str):
-        return None  # a placement rule, resolved by name (unknown names are refused there)
-    shape = f"this model has stages 1..{len(counts)} with {counts} blocks"
-    chosen: set[tuple[int, int]] = set()
-    if isinstance(where, dict):
-        for stage, idxs in where.items():
-            s = _int(stage, "a stage")
-            if not 1 <= s <= len(counts):
-                raise ValueError(f"attach where: stage {s} does not exist; {shape}")
-            n = counts[s - 1]
-            if idxs == "all":
-                idxs = list(range(n))
-            elif isinstance(idxs, str):
-                raise ValueError(f"attach where: stage {s} takes 'all', a block index or a list of them, got {idxs!r}")
-            elif not isinstance(idxs, (list, tuple, range)):
-                idxs = [idxs]
-            for i in idxs:
-                i = _int(i, f"a block index of stage {s}")
-                if not -n <= i < n:
-                    raise ValueError(f"attach where: stage {s} has {n} blocks, index {i} is out of range")
-                chosen.add((s - 1, i % n))
-        return chosen
-    if isinstance(where, (list, tuple)):
-        for s in where:
-            s = _int(s, "a stage")
-            if not 1 <= s <= len(counts):
-                raise ValueError(f"attach where: stage {s} does not exist; {shape}")
-            chosen |= {(s - 1, b) for b in range(counts[s - 1])}
-        return chosen
-    raise ValueError(f"attach where must be None, 'all', a rule name, {{stage: [blocks]}}, a list of stages or a "
-                     f"callable(name, module) -> bool; got {where!r}")
-
-
-def _select_blocks(blocks: list[Block], counts: list[int], where: Where, default_rule: Any) -> list[Block]:
-    chosen = _check_where(where, counts)
-    if chosen is None:
-        if callable(where) and not isinstance(where, str):
-            return [b for b in blocks if where(b.name, b.module if b.module is not None else b.target)]
-        chosen = resolve_placement(default_rule if where is None else where)(counts)
-    return [b for b in blocks if (b.stage, b.index) in chosen]
-
-
-@dataclass
-class _ConvSite:
-    name: str
-    conv: nn.Conv2d
-    in_hw: tuple[int, int]
-    in_block: bool
-    block: Block | None
-    first_in_block: bool
-
-
-def _conv_sites(p: Pass, blocks: list[Block]) -> list[_ConvSite]:
-    """Every ``nn.Conv2d`` (subclasses included, not inside convattn modules) that ran on a map larger than
-    1 x 1, in forward order, with the block it belongs to."""
-    named = [b for b in blocks if b.module is not None and b.name]
-    out: list[_ConvSite] = []
-    seen: set[int] = set()
-    first_of: set[int] = set()
-    for c in p.calls:
-        m = c.module
-        if not isinstance(m, nn.Conv2d) or isinstance(m, AWConv2d) or c.in_attention or c.name is None \
-                or id(m) in seen or len(c.in_shape) != 4:
-            continue
-        seen.add(id(m))
-        hw = (c.in_shape[-2], c.in_shape[-1])
-        if hw[0] * hw[1] <= 1:
-            continue
-        blk = next((b for b in named if c.name.startswith(b.name + ".")), None)
-        if blk is None:
-            blk = next((b for b in blocks if b.module is None and id(m) in b.convs), None)
-        first = blk is not None and id(blk) not in first_of
-        if first:
-            first_of.add(id(blk))
-        out.append(_ConvSite(c.name, m, hw, blk is not None, blk, first))
-    return out
-
-
-def _param_count(m: nn.Module, exclude: Iterable[nn.Parameter] = ()) -> int:
-    ex = {id(p) for p in exclude}
-    return sum(p.numel() for p in m.parameters() if id(p) not in ex)
-
-
-def _split_parts(attn: Any) -> tuple[list[str], list[str]]:
-    if attn is None:
-        return [], []
-    if not isinstance(attn, str):
-        raise ValueError(f"attach: attn must be a registered attention name (e.g. 'se', 'se+gct') or None, got "
-                         f"{attn!r} ({type(attn).__name__})")
-    if attn.strip().lower() in ("", "none"):
-        return [], []
-    parts = split_attn_name(attn)
-    pre = [p for p in parts if get_attn_spec(p).kind == "pre_conv"]
-    if len(pre) > 1:
-        raise ValueError(f"attach: at most one pre-convolution attention, got {'+'.join(pre)}")
-    return [p for p in parts if p not in pre], pre
-
-
-def _per_stage(kwargs: dict[str, Any], stage: int, num_stages: int, what: str) -> dict[str, Any]:
-    """A list value with one entry per stage is taken per stage (e.g. ECA ``kernel_size=[3, 5, 5, 7]``)."""
-    out = {}
-    for k, v in kwargs.items():
-        if isinstance(v, list):
-            if len(v) != num_stages:
-                raise ValueError(f"attach: per-stage {what} option {k}={v} needs {num_stages} values (one per stage)")
-            v = v[stage] if stage >= 0 else v[0]
-        out[k] = v
-    return out
-
-
-def _configured(name: str, site: Site, kwargs: dict[str, Any]) -> dict[str, Any]:
-    spec = get_attn_spec(name)
-    return spec.configure(site, dict(kwargs)) if spec.configure is not None else dict(kwargs)
-
-
-def _aw_candidates(site: _ConvSite, kwargs: dict[str, Any]) -> list[dict[str, Any]]:
-    """AW options that may reproduce ``site.conv``: its own geometry, then TF "same" padding, then a fixed
-    padding read off its forward."""
-    c = site.conv
-    if type(c) is nn.Conv2d or "input_padding" in kwargs:
-        return [kwargs]
-    return [kwargs, {**kwargs, "input_padding": "same"}] + \
-        [{**kwargs, "input_padding": tuple(int(v) for v in pad)} for pad in _recorded_pads(c)]
-
-
-def _recorded_pads(conv: nn.Conv2d) -> list[tuple[int, ...]]:
-    pads = []
-    for m in conv.modules():
-        pad = getattr(m, "padding", None)
-        if m is not conv and isinstance(m, (nn.ZeroPad2d, nn.ConstantPad2d)) and isinstance(pad, tuple) and len(pad) == 4:
-            pads.append(pad)
-    return pads
-
-
-@torch.no_grad()
-def _equivalent_aw(site: _ConvSite, kwargs: dict[str, Any]) -> AWConv2d:
-    """An AWConv2d computing exactly what ``site.conv`` computes (checked for subclasses; see the module
-    docstring)."""
-    c = site.conv
-    errors = []
-    for kw in _aw_candidates(site, kwargs):
-        aw = _aw_from_conv(c, kw)
-        if type(c) is nn.Conv2d:
-            return aw
-        ok = True
-        for dh in (0, 1):
-            h, w = max(site.in_hw[0], 3) + dh, max(site.in_hw[1], 3) + dh
-            x = torch.randn(2, c.in_channels, h, w, generator=torch.Generator().manual_seed(dh),
-                            dtype=torch.float64).to(device=c.weight.device, dtype=c.weight.dtype)
-            modes = (c.training, aw.training)
-            c.eval(), aw.eval()
-            try:
-                ref, got = c(x), aw(x)
-            except Exception as e:  # noqa: BLE001 - a candidate that cannot run is no match
-                errors.append(f"{type(e).__name__}: {e}")
-                ok = False
-                break
-            finally:
-                c.train(modes[0]), aw.train(modes[1])
-            tol = 1e-4 if c.weight.dtype == torch.float32 else 1e-2
-            if ref.shape != got.shape or (ref - got).abs().max() > tol * max(1.0, ref.abs().max().item()):
-                ok = False
-                break
-        if ok:
-            return aw
-    raise ValueError(f"{site.name} ({type(c).__name__}) is a convolution that computes more than a padding and a "
-                     "convolution (e.g. weight standardisation); an AW-convolution cannot replace it exactly")
-
-
-def _aw_from_conv(c: nn.Conv2d, kwargs: dict[str, Any]) -> AWConv2d:
-    if "mode" in kwargs and kwargs["mode"] != "full_g":
-        return AWConv2d.from_conv(c, **kwargs)
-    try:  # the grouped generator (full_g) where its divisibility holds, else full
-        return AWConv2d.from_conv(c, **{**kwargs, "mode": "full_g"})
-    except ValueError:
-        if kwargs.get("mode") == "full_g":
-            raise
-        return AWConv2d.from_conv(c, **{**kwargs, "mode": "full"})
 
 
 # --- attach ---
+
+#: functions called with the network after every successful ``attach`` (convattn.models.timm_models adds the one
+#: that records the network's recipe for timm's ``save_for_hf``: convattn.models.hub.record_recipe)
+AFTER_ATTACH: list[Callable[[nn.Module], None]] = []
+
 
 def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *, where: Where = None,
            identity: bool = False, attn_kwargs: dict[str, Any] | None = None,
@@ -483,7 +237,7 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
     if isinstance(where, float) or isinstance(where, bool):
         raise ValueError(f"attach where must be None, 'all', a rule name, {{stage: [blocks]}}, a list of stages or a "
                          f"callable(name, module) -> bool; got {where!r}")
-    out_parts, pre_parts = _split_parts(attn)
+    out_parts, pre_parts = split_parts(attn)
     attn_kwargs = dict(attn_kwargs or {})
     if not (out_parts or pre_parts or conv):
         if attn_kwargs:
@@ -500,7 +254,7 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
                           block_kinds={k: sum(1 for b in blocks if b.kind == k) for k in dict.fromkeys(b.kind for b in blocks)})
     dd = dict(device=_device(model), dtype=_dtype(model))
     plan: list[tuple[str, Any, nn.Module, dict[str, Any]]] = []  # (kind, target or conv name, module, row)
-    _check_where(where, counts)
+    check_where(where, counts)
 
     def part(what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -512,14 +266,14 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
         name = "+".join(out_parts)
         spec = get_attn_spec(out_parts[0])
         rule = spec.placement if len(out_parts) == 1 else "all"
-        for b in _select_blocks(blocks, counts, where, rule):
-            if _has_attn(b.target):
+        for b in select_blocks(blocks, counts, where, rule):
+            if has_attn(b.target):
                 raise ValueError(f"attach: {b.target_name} already has an attention attached (or a child named "
                                  "'attn'); attach each kind once")
             site = Site("output", b.channels, b.reduction, b.stage, b.index, tuple(counts), finest)
-            kw = _per_stage(attn_kwargs, b.stage, num_stages, name)
+            kw = per_stage(attn_kwargs, b.stage, num_stages, name)
             for prt in out_parts:
-                kw = _configured(prt, site, kw)
+                kw = configured(prt, site, kw)
             if len(out_parts) == 1 and spec.inplace_ok and not identity and b.consumers == 1 and b.kind != "stage":
                 kw.setdefault("inplace", True)  # the branch output is a temporary: gate it in place in inference
 
@@ -529,33 +283,33 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
             m = part(f"{name} at {b.target_name}", build)
             plan.append(("output", b.target, m, dict(kind="output", module=name, where=f"{b.target_name}.attn",
                                                      channels=b.channels, stage=b.stage, block=b.index,
-                                                     params=_param_count(m))))
+                                                     params=param_count(m))))
     chosen_blocks = None
     if isinstance(where, (dict, list, tuple)):
-        chosen_blocks = {id(b) for b in _select_blocks(blocks, counts, where, "all")}
+        chosen_blocks = {id(b) for b in select_blocks(blocks, counts, where, "all")}
 
-    def conv_selected(s: _ConvSite) -> bool:
+    def conv_selected(s: ConvSite) -> bool:
         if callable(where) and not isinstance(where, str) and not where(s.name, s.conv):
             return False
         return chosen_blocks is None or (s.block is not None and id(s.block) in chosen_blocks)
 
-    sites = _conv_sites(p, blocks)
+    sites = conv_sites(p, blocks)
     if pre_parts:
         kw_all = attn_kwargs if not out_parts else {}
         for s in sites:
             if not conv_selected(s) or (gct_placement == "per_block" and not s.first_in_block):
                 continue
-            if _has_attn(s.conv):
+            if has_attn(s.conv):
                 raise ValueError(f"attach: {s.name} already has an attention attached; attach each kind once")
             stage = s.block.stage if s.block is not None else -1
             site = Site("pre_conv", s.conv.in_channels, p.reduction((1, 1, *s.in_hw)), stage,
                         s.block.index if s.block is not None else -1, tuple(counts), finest)
-            kw = _configured(pre_parts[0], site, _per_stage(kw_all, max(stage, 0), num_stages, pre_parts[0]))
+            kw = configured(pre_parts[0], site, per_stage(kw_all, max(stage, 0), num_stages, pre_parts[0]))
             m = part(f"{pre_parts[0]} before {s.name}",
                      lambda kw=kw, s=s: create_attn(pre_parts[0], s.conv.in_channels, **kw).to(**dd))
             plan.append(("pre_conv", s.conv, m, dict(kind="pre_conv", module=pre_parts[0], where=f"{s.name}.attn",
                                                      channels=s.conv.in_channels, stage=-1, block=-1,
-                                                     params=_param_count(m))))
+                                                     params=param_count(m))))
     if conv == "aw":
         if any(isinstance(m, AWConv2d) for m in model.modules()):
             raise ValueError(f"attach: {type(model).__name__} already has AW-convolutions; attach conv='aw' once")
@@ -568,21 +322,33 @@ def attach(model: nn.Module, attn: str | None = None, conv: str | None = None, *
                 continue
             if has_blocks and not s.in_block or (not has_blocks and s.conv is first_conv):
                 continue  # the stem (and layers outside blocks) stay plain
-            if _has_attn(s.conv):
+            if has_attn(s.conv):
                 raise ValueError(f"attach: {s.name} already has a pre-convolution attention from an earlier attach; "
                                  "attach conv='aw' before it, or both in one call (attn='gct', conv='aw')")
             site = Site("conv", s.conv.out_channels, p.reduction((1, 1, *s.in_hw)), -1, -1, tuple(counts), finest)
-            kw = _configured("aw", site, ckw)
-            aw = part(f"aw at {s.name}", lambda kw=kw, s=s: _equivalent_aw(s, kw))
+            kw = configured("aw", site, ckw)
+            modes = (kw.pop("mode"),) if "mode" in kw else default_aw_modes(finest)
+            aw = part(f"aw at {s.name}", lambda kw=kw, s=s, modes=modes: equivalent_aw(s, kw, modes))
             plan.append(("conv", s.name, aw, dict(kind="conv", module="aw", where=s.name, channels=s.conv.out_channels,
-                                                  stage=-1, block=-1, params=_param_count(aw, [aw.weight] + (
+                                                  stage=-1, block=-1, params=param_count(aw, [aw.weight] + (
                                                       [aw.bias] if aw.bias is not None else [])))))
     if not plan:
         raise ValueError(f"attach: nothing was inserted into {type(model).__name__} (where={where!r} selected no "
                          f"block or convolution; stages have {counts} blocks)")
+    frozen = [t for k, t, _, _ in plan if k == "conv" and not model.get_submodule(t).weight.requires_grad]
+    if frozen:
+        report.notes.append(f"{len(frozen)} replaced convolution(s) had frozen weights (e.g. {frozen[0]}): their "
+                            "weights stay frozen; the AW generators added to them are trainable")
     _apply(model, plan)
     report.rows = [row for *_, row in plan]
     model.convattn_report = report
+    # what was asked, for a rebuild (AttachPlan.recorded: checkpoints and shared folders record it)
+    model.convattn_attach_calls = [*getattr(model, "convattn_attach_calls", []), dict(
+        attn="+".join(out_parts + pre_parts), conv=conv, where=where, identity=identity,
+        attn_kwargs=dict(attn_kwargs), conv_kwargs=dict(conv_kwargs or {}), gct_placement=gct_placement,
+        aw_convs=aw_convs, dry_run_size=p.size)]
+    for hook in AFTER_ATTACH:
+        hook(model)
     return model
 
 
@@ -593,18 +359,24 @@ def _apply(model: nn.Module, plan: list[tuple[str, Any, nn.Module, dict[str, Any
         if kind == "pre_conv":
             gct_of[id(target)] = m
     for kind, target, m, row in plan:
+        host = model.get_submodule(target) if kind == "conv" else target
+        m.train(host.training)  # an inserted module takes its host's mode (a network in eval stays in eval)
         if kind == "output":
-            _attach_child(target, m, ThenAttn)
+            attach_child(target, m, ThenAttn)
         elif kind == "conv":
-            old = model.get_submodule(target)
+            old = host
+            for name in ("weight", "bias"):  # a frozen convolution stays frozen (its new generator trains)
+                p_old, p_new = getattr(old, name, None), getattr(m, name, None)
+                if isinstance(p_old, nn.Parameter) and isinstance(p_new, nn.Parameter):
+                    p_new.requires_grad_(p_old.requires_grad)
             pre = gct_of.pop(id(old), None)
             if pre is not None:  # GCT in front of a convolution that AW replaces: it stays in front
-                _attach_child(m, pre, AttnThen)
+                attach_child(m, pre, AttnThen)
             parent_name, _, leaf = target.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, leaf, m)
     for kind, target, m, _ in plan:
         if kind == "pre_conv" and id(target) in gct_of:
-            _attach_child(target, m, AttnThen)
+            attach_child(target, m, AttnThen)
 
 
 def _device(model: nn.Module) -> torch.device:

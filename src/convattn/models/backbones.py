@@ -1,7 +1,7 @@
-"""timm and torchvision backbones by name, with convattn modules attached: ``"timm:<name>"``, ``"torchvision:<name>"``.
+"""timm and torchvision networks by name (``"timm:<name>"``, ``"torchvision:<name>"``), and weights files.
 
-The network is built by its own library (random init; nothing is downloaded), optionally loaded from a local
-state dict of the plain network (``pretrained_path``), then given attention by :func:`convattn.models.attach`.
+The plain network is built by its own library (random init; nothing is downloaded); attention and weights are the
+builder's (:func:`convattn.models.build.build_model`).
 ``VERIFIED_BACKBONES`` are the ones the default test suite checks (identity at insertion, parameter counts, a
 training step, state-dict round trip); ``attach`` reads any CNN's blocks off its computation, and
 benchmarks/results/attach_coverage/ lists 59 architectures checked the same way.
@@ -9,16 +9,19 @@ benchmarks/results/attach_coverage/ lists 59 architectures checked the same way.
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .attach import attach
+from ..layers.helpers import first_conv
 from .helpers import LoadReport, load_pretrained
+from .hub import folder_state_dict, is_shared_folder
 
-__all__ = ["VERIFIED_BACKBONES", "BACKBONE_LIBRARIES", "is_backbone_name", "create_backbone", "load_state_file",
+__all__ = ["VERIFIED_BACKBONES", "BACKBONE_LIBRARIES", "is_backbone_name", "build_plain_backbone", "load_state_file",
            "load_weights_file"]
 
 BACKBONE_LIBRARIES = ("timm", "torchvision")
@@ -37,12 +40,16 @@ def is_backbone_name(name: str) -> bool:
 
 
 def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` or a ``torch.save`` file (loaded with ``weights_only=True``); a file that
-    cannot be read as its suffix says is a one-line ValueError naming it."""
+    """A state dict from ``.safetensors`` or a ``torch.save`` file (loaded with ``weights_only=True``), or from a
+    shared model folder (``config.json`` + ``model.safetensors``); a file that cannot be read as its suffix says
+    is a one-line ValueError naming it."""
     p = Path(path)
+    if is_shared_folder(p):  # a shared model folder (convattn.save_pretrained, timm's save_for_hf): its weights
+        return folder_state_dict(p)
     if p.is_dir():
         raise ValueError(f"pretrained weights path {p} is a directory; a weights file is expected (a .pth/.pt state "
-                         "dict or .safetensors, e.g. <run>/checkpoints/epoch_N/model.safetensors)")
+                         "dict or .safetensors, e.g. <run>/checkpoints/epoch_N/model.safetensors) or a shared model "
+                         "folder with config.json")
     if not p.is_file():
         raise FileNotFoundError(f"pretrained weights file {p} does not exist")
     if p.suffix == ".safetensors":
@@ -54,7 +61,14 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             raise ValueError(f"cannot read weights from {p} as safetensors ({type(e).__name__}: {text}); is it "
                              "a complete .safetensors file (a torch.save file must not be named .safetensors)?") from None
     try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on the pickle protocol of files not written by torch.save
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # weights_only refused an object: never unpickled, so no code ran
+        why = str(e).partition("WeightsUnpickler error:")[2].strip().splitlines()
+        raise ValueError(f"cannot read weights from {p}: it holds Python objects besides tensors, which are never "
+                         f"unpickled (torch.load with weights_only=True{': ' + why[0] if why else ''}); give a "
+                         "plain state dict (torch.save(model.state_dict(), path)) or a .safetensors file") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
         raise ValueError(f"cannot read weights from {p}: {type(e).__name__}: {e}") from None
     for key in ("state_dict", "model", "module"):  # common wrappers of training scripts
@@ -66,10 +80,10 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            return name, m
-    raise ValueError(f"{type(model).__name__} has no nn.Conv2d")
+    found = first_conv(model)
+    if found is None:
+        raise ValueError(f"{type(model).__name__} has no nn.Conv2d")
+    return found
 
 
 def _set_input_channels(model: nn.Module, in_chans: int) -> None:
@@ -119,7 +133,27 @@ def _torchvision_without_classifier(model: nn.Module, arch: str) -> None:
     model.num_classes = 0
 
 
-def _build_plain(lib: str, arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
+def build_plain_backbone(name: str, num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+    """The plain ``"timm:<arch>"`` / ``"torchvision:<arch>"`` network (random init, nothing downloaded) with
+    ``num_classes`` classes (0: pooled features, timm's convention, also for torchvision) and ``in_chans`` input
+    channels; other keyword arguments go to the library's constructor (e.g. ``drop_rate``)."""
+    if not is_backbone_name(name):
+        raise ValueError(f"backbone names are 'timm:<name>' or 'torchvision:<name>', got {name!r}")
+    lib, _, arch = name.partition(":")
+    for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
+    if kwargs.pop("zero_init_last", False):
+        raise ValueError("zero_init_last is an option of convattn's own ResNets, not of timm/torchvision backbones")
+    model = _build_library_model(lib, arch, num_classes, in_chans, **kwargs)
+    model.in_chans = in_chans
+    model.convattn_name = name
+    if not hasattr(model, "num_classes"):
+        model.num_classes = num_classes
+    return model
+
+
+def _build_library_model(lib: str, arch: str, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
     if lib == "timm":
         import timm
         if arch not in timm.list_models():
@@ -149,75 +183,10 @@ def load_weights_file(model: nn.Module, path: str | os.PathLike, *, allow_partia
     adapted to the model's input channels as timm does, and the load must be complete for the plain network
     (see :func:`convattn.models.load_pretrained`) unless ``allow_partial``."""
     sd = load_state_file(path)
-    name, c = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), ("", None))
+    name, c = first_conv(model) or ("", None)
     key = f"{name}.weight"
     if c is not None and key in sd and sd[key].ndim == 4 and sd[key].shape[1] != c.in_channels:  # RGB file, grey
         from timm.models import adapt_input_conv
         sd = {**sd, key: adapt_input_conv(c.in_channels, sd[key].float()).to(sd[key].dtype)}
     return load_pretrained(model, sd, allow_partial=allow_partial, source=f"weights file {path}",
                            partial_option=PARTIAL_OPTION)
-
-
-def _not_a_cnn(model: nn.Module) -> str | None:
-    """Why ``model`` is no CNN attach can work on (a vision transformer or MLP network: at most one convolution,
-    the patch embedding), or None."""
-    convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    if len(convs) > 1:
-        return None
-    if not convs:
-        return "it has no convolution"
-    n, c = convs[0]
-    k, s = "x".join(map(str, c.kernel_size)), "x".join(map(str, c.stride))
-    what = "the patch embedding" if c.kernel_size == c.stride and max(c.stride) > 1 else "a single layer"
-    return (f"it has no residual convolutional blocks; its only convolution is {what} {n} ({k} kernel, stride {s}), "
-            "as in a vision transformer or MLP network")
-
-
-def create_backbone(name: str, attn: str | None = None, conv: str | None = None, *, num_classes: int = 1000,
-                    in_chans: int = 3, attn_kwargs: dict[str, Any] | None = None,
-                    conv_kwargs: dict[str, Any] | None = None, attn_blocks: Any = None, identity: bool = False,
-                    pretrained_path: str | os.PathLike | None = None, pretrained_allow_partial: bool = False,
-                    **kwargs: Any) -> nn.Module:
-    """Build ``"timm:<arch>"`` / ``"torchvision:<arch>"`` and attach convattn modules (see :func:`attach`).
-
-    ``attn_blocks`` is ``attach``'s ``where``; ``pretrained_path`` is a local state dict of the plain network,
-    loaded before attaching (the classifier is skipped when its class count differs; an RGB stem is adapted to
-    ``in_chans`` as timm does); it must hold every tensor of the plain network unless ``pretrained_allow_partial``.
-    ``num_classes=0``: no classifier, the model returns pooled features (timm's convention, also for torchvision).
-    Extra keyword arguments go to the library's constructor (e.g. ``drop_rate``).
-    """
-    if not is_backbone_name(name):
-        raise ValueError(f"backbone names are 'timm:<name>' or 'torchvision:<name>', got {name!r}")
-    lib, _, arch = name.partition(":")
-    for key, value, low in (("num_classes", num_classes, 0), ("in_chans", in_chans, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{key} must be an int >= {low}, got {value!r}")
-    if pretrained_allow_partial and not pretrained_path:
-        raise ValueError("pretrained_allow_partial allows a partial load of pretrained_path, but no pretrained_path "
-                         "is given")
-    if kwargs.pop("zero_init_last", False):
-        raise ValueError("zero_init_last is an option of convattn's own ResNets, not of timm/torchvision backbones")
-    model = _build_plain(lib, arch, num_classes, in_chans, **kwargs)
-    report = load_weights_file(model, pretrained_path, allow_partial=pretrained_allow_partial) \
-        if pretrained_path else None
-    if attn or conv:
-        why = _not_a_cnn(model)
-        if why:
-            raise ValueError(f"{name} is not a CNN convattn can attach to: {why}; attention modules and "
-                             "AW-convolution go into CNNs (e.g. " + ", ".join(VERIFIED_BACKBONES[:3]) + ")")
-        try:
-            attach(model, attn, conv, where=attn_blocks, identity=identity, attn_kwargs=attn_kwargs,
-                   conv_kwargs=conv_kwargs)
-        except ValueError as e:
-            if isinstance(getattr(model, "patch_embed", None), nn.Module):  # timm's transformers and hybrids
-                raise ValueError(f"{name} is not a CNN convattn can attach to (a transformer-like network with a "
-                                 f"patch embedding): {e}") from e
-            raise
-    elif attn_kwargs or conv_kwargs:
-        raise ValueError("attn_kwargs/conv_kwargs given without attn/conv")
-    model.in_chans = in_chans
-    model.convattn_name = name
-    model.pretrained_report = report
-    if not hasattr(model, "num_classes"):
-        model.num_classes = num_classes
-    return model

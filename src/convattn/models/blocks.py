@@ -65,8 +65,39 @@ def _below(p: Pass, c: int, scope: int) -> bool:
     return c != scope and scope in p.ancestors_call(c)
 
 
-def _usable(p: Pass, c: Call) -> bool:
-    return c.name is not None and c.name != "" and p.n_calls(c.module) == 1 and not c.in_attention
+def _usable(p: Pass, c: Call, scope: int = -1) -> bool:
+    """A named module outside attention modules that runs once in the pass, or, below call ``scope`` of a block
+    applied several times (a shared block), once in each application of that block: an attention after it runs
+    once per application."""
+    if c.name is None or c.name == "" or c.in_attention:
+        return False
+    n = p.n_calls(c.module)
+    return n == 1 or (scope >= 0 and _once_per_application(p, c.module, p.calls[scope].module))
+
+
+def _once_per_application(p: Pass, module: nn.Module, block: nn.Module) -> bool:
+    """``module`` runs exactly once inside each call of ``block`` and nowhere else."""
+    calls, blocks = p.calls_of.get(id(module), []), p.calls_of.get(id(block), [])
+    if module is block or len(calls) != len(blocks):
+        return False
+    owners = set()
+    for c in calls:
+        owner = next((a for a in p.ancestors_call(c)[1:] if p.calls[a].module is block), None)
+        if owner is None:
+            return False
+        owners.add(owner)
+    return len(owners) == len(blocks)
+
+
+def _block_call(p: Pass, c: Call) -> bool:
+    """A module that can be a block: named, outside attention modules, possibly applied several times (a shared
+    block: one module, which its attention follows at every application), never inside itself."""
+    return bool(c.name) and not c.in_attention and \
+        not any(p.calls[a].module is c.module for a in p.ancestors_call(c.index)[1:])
+
+
+def _aliases(p: Pass, module: nn.Module) -> list[str]:
+    return [n for n, m in p.model.named_modules(remove_duplicate=False) if m is module and n]
 
 
 def _attachable(c: Call) -> bool:
@@ -75,11 +106,11 @@ def _attachable(c: Call) -> bool:
     return len(c.outputs) == 1 and len(c.out_shape) == 4 and not isinstance(c.module, CONTAINERS)
 
 
-def _descend(p: Pass, c: Call, key: Key) -> Call:
+def _descend(p: Pass, c: Call, key: Key, scope: int = -1) -> Call:
     """Follow an ``nn.Sequential`` target down to the last layer that returned the same value."""
     while isinstance(c.module, nn.Sequential) and len(c.module) > 0:
-        last = p.call_of(c.module[-1])
-        if last is None or key not in last.outputs or not _usable(p, last):
+        last = next((p.calls[i] for i in p.calls_of.get(id(c.module[-1]), []) if p.calls[i].parent == c.index), None)
+        if last is None or key not in last.outputs or not _usable(p, last, scope):
             break
         c = last
     return c
@@ -92,10 +123,10 @@ def _branch_target(p: Pass, key: Key, scope: int) -> Call | None:
         returning = [c for c in p.calls if key in c.outputs and _below(p, c.index, scope)]
         real = [c for c in returning if key not in c.inputs]
         for c in returning:
-            if key in c.inputs and _usable(p, c) and _attachable(c) and passthrough is None:
+            if key in c.inputs and _usable(p, c, scope) and _attachable(c) and passthrough is None:
                 passthrough = c  # identity / dropout / drop path in evaluation
-        for c in sorted((c for c in real if _usable(p, c)), key=lambda c: _depth(p, c.index)):
-            c = _descend(p, c, key)
+        for c in sorted((c for c in real if _usable(p, c, scope)), key=lambda c: _depth(p, c.index)):
+            c = _descend(p, c, key, scope)
             if _attachable(c):
                 return c
         prod = p.producer.get(key)
@@ -206,19 +237,18 @@ def find_blocks(p: Pass) -> tuple[list[Block], list[str]]:
             if res is None:
                 continue
             source, branch, short_convs, path = res
-            module_block = call.index != root and source in call.inputs and _usable(p, call)
+            module_block = call.index != root and source in call.inputs and _block_call(p, call)
             scope = call.index
             target = _branch_target(p, branch, scope)
             if target is None:
-                notes.append(f"{call.name or type(call.module).__name__}: a residual branch ends in a function, "
-                              "not a module (nothing to attach its output attention to)")
+                notes.append(_no_target(p, call, branch))
                 continue
             if module_block:
                 blk = _make(p, call.name, call.module, target, branch, "residual")
                 bkey: object = id(call.module)
             else:
                 blk = _make(p, target.name or "", None, target, branch, "residual", _conv_modules(p, path))
-                bkey = ("path", target.index)
+                bkey = ("path", id(target.module))  # one block however often the path runs (a loop in forward)
             prev = residual.get(bkey)
             if prev is None or (short_convs, -op.index) <= (prev[0], -prev[1]):
                 residual[bkey] = (short_convs, op.index, blk)
@@ -271,8 +301,52 @@ def find_blocks(p: Pass) -> tuple[list[Block], list[str]]:
             continue
         blocks.append(b)
         taken.append(b.name)
+    blocks = _shared(p, blocks, notes)
     blocks.sort(key=lambda b: b.order)
-    return blocks, notes
+    return blocks, list(dict.fromkeys(notes))
+
+
+def _no_target(p: Pass, call: Call, branch: Key) -> str:
+    """Why the residual branch ``branch`` of ``call`` has no module to attach to."""
+    where = call.name or type(call.module).__name__
+    shared = [c for c in p.calls if branch in c.outputs and _below(p, c.index, call.index) and c.name
+              and not c.in_attention and p.n_calls(c.module) > 1]
+    if shared:
+        c = shared[0]
+        return (f"{where}: its residual branch ends in {c.name}, one module that runs {p.n_calls(c.module)} times "
+                "outside one block module (e.g. a loop in the network's forward): no module attached there, as it "
+                "would run at every call; make the repeated part a module of its own (it then gets one module, run "
+                "at each application) or give each application its own layers")
+    return f"{where}: a residual branch ends in a function, not a module (nothing to attach its output attention to)"
+
+
+def _shared(p: Pass, blocks: list[Block], notes: list[str]) -> list[Block]:
+    """Blocks whose branch output module runs more than once (a block applied in a loop, or registered under
+    several names): kept, placed at their first application, with a note, when every application is at one
+    output stride; otherwise left without a module, with a note saying why."""
+    out = []
+    for b in blocks:
+        calls = p.calls_of.get(id(b.target), [])
+        if len(calls) <= 1:
+            out.append(b)
+            continue
+        what = b.module if b.module is not None else b.target
+        names = _aliases(p, what)
+        also = f", registered as {', '.join(names)}" if len(names) > 1 else ""
+        label = "block" if b.module is not None else "residual path"
+        strides = sorted({p.reduction(p.calls[i].out_shape) for i in calls})
+        channels = sorted({p.calls[i].out_shape[1] for i in calls if len(p.calls[i].out_shape) > 1})
+        if len(strides) > 1 or len(channels) > 1:
+            what, vals = ("output strides", strides) if len(strides) > 1 else ("channel counts", channels)
+            notes.append(f"{b.name}: one {label} module applied {len(calls)} times{also}, at {what} "
+                         f"{', '.join(map(str, vals[:-1]))} and {vals[-1]}: no module attached to it (one module "
+                         "cannot sit in two stages); give each application its own block to attach to each")
+            continue
+        b.order = calls[0]
+        notes.append(f"{b.name}: one {label} module applied {len(calls)} times{also}: it counts as one block and "
+                     f"its module after {b.target_name} runs at each application (shared weights)")
+        out.append(b)
+    return out
 
 
 def _relative(block: Block) -> list[str]:

@@ -9,7 +9,7 @@ asks for a partial load (``allow_partial=True``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -147,6 +147,51 @@ def _partial(model: nn.Module, own: Mapping[str, torch.Tensor], state_dict: Mapp
     return not_loaded, unused
 
 
+def _check_values(state_dict: Any, source: str) -> None:
+    """``state_dict`` maps names (str) to tensors, or a one-line ValueError names the first key that does not."""
+    if not isinstance(state_dict, Mapping):
+        raise ValueError(f"{source} must be a mapping of tensor names to tensors, got a {type(state_dict).__name__} "
+                         "(e.g. model.state_dict() or safetensors.torch.load_file(path))")
+    for k, v in state_dict.items():
+        if not isinstance(k, str):
+            raise ValueError(f"{source}: keys must be tensor names (str), got {k!r} ({type(k).__name__})")
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{source}: {k} is a {type(v).__name__}, not a tensor; a state dict maps names to "
+                             "tensors (e.g. model.state_dict() or safetensors.torch.load_file(path))")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_loaded(to_load: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse, naming the first tensor and counting the others: integer (or bool) values for a floating-point tensor
+    of the model (quantized weights without their scales would be cast to float unscaled), and NaN/inf values (a
+    damaged file, or weights of a run that diverged), which would only show as a loss of nan after training starts."""
+    order = [k for k in own if k in to_load]  # the model's order: the first layer first
+    ints = [k for k in order if own[k].is_floating_point() and not to_load[k].is_floating_point()
+            and not to_load[k].is_complex()]
+    if ints:
+        k = ints[0]
+        more = f" (and {len(ints) - 1} more integer tensors)" if len(ints) > 1 else ""
+        raise ValueError(f"{source}: {k} is {_dtype_name(to_load[k].dtype)}{more} where the model's tensor is "
+                         f"{_dtype_name(own[k].dtype)}: integer weights without their scales (quantized?) would be "
+                         "cast to float unscaled; give floating-point weights (dequantize them first)")
+    bad = []
+    for k in order:
+        v = to_load[k]
+        if v.is_floating_point() and not v.is_meta:
+            n = int((~torch.isfinite(v)).sum())
+            if n:
+                bad.append((k, n, v.numel()))
+    if bad:
+        k, n, total = bad[0]
+        more = f" (and {len(bad) - 1} more tensors)" if len(bad) > 1 else ""
+        raise ValueError(f"{source}: {k} holds {n} non-finite value{'s' if n > 1 else ''} (NaN or inf) of {total}"
+                         f"{more}; the file is damaged or the run that wrote it diverged: give weights with finite "
+                         "values")
+
+
 def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = False, *,
                     allow_partial: bool = False, source: str = "the state dict",
                     partial_option: str = "allow_partial=True") -> LoadReport:
@@ -158,7 +203,14 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
     ValueError with the report, unless ``allow_partial=True`` (then whatever matches is loaded and reported).
     ``strict=True`` raises for any missing, unexpected or mismatched key. Nothing is loaded when it raises.
     ``source`` names the weights and ``partial_option`` the option that allows a partial load, in messages.
+    ``state_dict`` may also be the path of a shared model folder (``convattn.save_pretrained``, timm's
+    ``save_for_hf``): its weights are loaded.
     """
+    if isinstance(state_dict, str) or hasattr(state_dict, "__fspath__"):  # a shared folder (convattn.models.hub)
+        from .hub import folder_state_dict
+        source = f"the shared folder {state_dict}" if source == "the state dict" else source
+        state_dict = folder_state_dict(state_dict)
+    _check_values(state_dict, source)
     state_dict = upgrade_keys(model, state_dict)  # keys of older convattn versions
     own = model.state_dict()
     report = LoadReport()
@@ -174,6 +226,7 @@ def load_pretrained(model: nn.Module, state_dict: Mapping[str, torch.Tensor], st
     report.missing = [k for k in own if k not in state_dict]
     if strict and (report.missing or report.unexpected or report.shape_mismatch):
         raise ValueError("state dict does not match the model:\n" + report.summary())
+    _check_loaded(to_load, own, source)
     if not to_load and state_dict and own:
         raise ValueError(f"no tensor of {source} matches the model's names and shapes; is it a state dict of this "
                          f"network?\n{report.summary()}")

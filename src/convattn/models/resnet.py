@@ -316,6 +316,11 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     m.zero_init_last()
 
+    @property
+    def default_input_size(self) -> int:
+        """The input side the network was designed for: 32 with the CIFAR stem, else 224 (ImageNet)."""
+        return 32 if self.stem == "cifar" else 224
+
     def no_weight_decay(self) -> set[str]:
         """Full names of parameters that their modules exclude from weight decay (e.g. GCT's beta)."""
         return declared_no_weight_decay(self)

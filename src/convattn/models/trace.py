@@ -20,6 +20,10 @@ operations (``out += shortcut``, ``ReLU(inplace=True)``) are new values. From th
   the same relative path is the branch output.
 * **No block at all** (VGG, AlexNet): a stage is a run of layers at one output stride; its output is the last layer
   called at that stride.
+* **Shared blocks** (one block module applied several times: in a loop of the network's forward, or registered
+  under two names): one block, whose branch output is a module that runs once in each application; the module
+  attached there runs at every application (shared weights). Applied at several output strides, the block cannot
+  be one block of one stage: it gets no module, and a note says so.
 
 The branch output of a block is the module whose output is the branch: from the branch value back through modules
 that compute nothing in evaluation (identity, dropout, drop path) and per-element operations of one input (a layer

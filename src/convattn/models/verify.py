@@ -67,17 +67,55 @@ def _calibrate_norms(model: nn.Module, x: torch.Tensor) -> None:
     for m in bns:
         m.reset_running_stats()
         m.momentum = None
-    _run(model, x, True)
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
+    try:
+        _run(model, x, True)
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
     model.eval()
 
 
-def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv: str | None = None,
-                  input_size: int = 64, in_chans: int = 3, tol: float = 1e-5, **attach_kwargs: Any) -> dict[str, Any]:
+def _network(build: Any) -> nn.Module:
+    """The network to check: ``build()``, or a copy of ``build`` when it is a network (the caller's is not changed)."""
+    if isinstance(build, nn.Module):
+        return copy.deepcopy(build)
+    if not callable(build):
+        raise ValueError(f"verify_attach: build must be an nn.Module or a function returning one, got "
+                         f"{type(build).__name__} {build!r:.60}")
+    model = build()
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"verify_attach: build() returned a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+def _input_channels(model: nn.Module) -> list[int]:
+    """Input channel counts to try, as attach does: the declared ``in_chans``, the first convolution's, 3, 1."""
+    declared = getattr(model, "in_chans", None)
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    cands = [declared, conv.in_channels if conv is not None else None, 3, 1]
+    return list(dict.fromkeys(c for c in cands if isinstance(c, int) and not isinstance(c, bool) and c > 0))
+
+
+def _cannot_run(model: nn.Module) -> str:
+    """Why ``model`` cannot be run as it is ("" if it can)."""
+    if any(t.is_meta for t in [*model.parameters(), *model.buffers()]):
+        return ("cannot check: the network is on the meta device (shapes without values); build it on a real "
+                "device (cpu, cuda) to run the checks")
+    return ""
+
+
+def verify_attach(build: Callable[[], nn.Module] | nn.Module, attn: str | None = None, conv: str | None = None,
+                  input_size: int = 64, in_chans: int | None = None, tol: float = 1e-5,
+                  **attach_kwargs: Any) -> dict[str, Any]:
     """One row of the coverage table for ``attach(build(), attn, conv)``.
 
-    ``status`` is ``"ok"`` (every check held), ``"failed"`` (a check did not hold: a bug) or ``"refused"``
+    ``build``: a function returning the network (called once), or the network itself (a copy is checked).
+    ``in_chans``: channels of the test input (default: the first of the network's ``in_chans``, its first
+    convolution's, 3 and 1 that it runs on, as ``attach`` finds them).
+    The input has the network's dtype and device (float16 / bfloat16 networks are checked in their dtype).
+
+    ``status`` is ``"ok"`` (every check held), ``"failed"`` (a check did not hold, or could not run: ``reason``
+    says which and why, e.g. a forward under ``torch.no_grad`` or a network on the meta device) or ``"refused"``
     (``attach`` raised a ValueError, given in ``reason``). Checks: modules inserted (count, parameters added);
     identity at insertion with ``identity=True`` (relative difference of the logits, eval and train mode, at most
     ``tol``); one SGD step without the identity form moves inserted parameters (``moved/total`` tensors); the
@@ -85,19 +123,54 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
     """
     row: dict[str, Any] = {k: "" for k in VERIFY_COLUMNS}
     torch.manual_seed(0)
-    base = build()
+    base = _network(build)
+    why = _cannot_run(base)
+    if why:
+        row.update(status="failed", reason=why)
+        return row
+    p = next((t for t in [*base.parameters(), *base.buffers()] if t.is_floating_point()), None)
     _spread(base)
-    x = torch.randn(2, in_chans, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    _calibrate_norms(base, x)
+    for i, chans in enumerate(_input_channels(base) if in_chans is None else [in_chans]):
+        x = torch.randn(2, chans, input_size, input_size, generator=torch.Generator().manual_seed(0))
+        if p is not None:
+            x = x.to(device=p.device, dtype=p.dtype)
+        try:
+            _calibrate_norms(base, x)
+            break
+        except Exception as e:  # noqa: BLE001 - the plain network cannot run on the input: a row, not a traceback
+            if i == 0:
+                first = (f"cannot check: the plain network fails on a {tuple(x.shape)} "
+                         f"{str(x.dtype).removeprefix('torch.')} input: {_first_line(e)}")
+    else:
+        row.update(status="failed", reason=first)
+        return row
     try:
         m = attach(copy.deepcopy(base), attn, conv, identity=True, **attach_kwargs)
     except ValueError as e:
         row.update(status="refused", reason=str(e).splitlines()[0][:300])
         return row
+    step = ["checks"]
+    try:
+        _checks(row, step, base, m, x, attn, conv, tol, attach_kwargs)
+    except Exception as e:  # noqa: BLE001 - a check that cannot run is a failed row with the reason
+        row.update(status="failed", reason=f"{step[0]}: {_first_line(e)}")
+    return row
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _checks(row: dict[str, Any], step: list[str], base: nn.Module, m: nn.Module, x: torch.Tensor,
+            attn: str | None, conv: str | None, tol: float, attach_kwargs: dict[str, Any]) -> None:
+    """The checks after a successful attach, filling ``row``; ``step[0]`` names the one running (the reason of a
+    failure that stops them)."""
     rep = m.convattn_report
     row.update(inserted=rep.count(), params=rep.added_params, stages=rep.blocks_per_stage,
                found=", ".join(f"{k} {n}" for k, n in rep.block_kinds.items()))
     failures = []
+    step[0] = "identity at insertion"
     with torch.no_grad():  # in float64: the oracle is exact up to rounding, not hidden in float32 noise
         ref, m64, x64 = copy.deepcopy(base).double(), copy.deepcopy(m).double(), x.double()
         for mode, key in ((False, "identity_eval"), (True, "identity_train")):
@@ -106,6 +179,7 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
             if not r <= tol:
                 failures.append(f"{key} {r:.1e}")
     # a training step without the identity form
+    step[0] = "train step"
     torch.manual_seed(0)
     t = attach(copy.deepcopy(base), attn, conv, **attach_kwargs)
     inserted = _inserted_params(t, base)
@@ -113,16 +187,22 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
     opt = torch.optim.SGD(t.parameters(), lr=1e-3)
     t.train()
     out = _logits(t(x)).float()
-    loss = nn.functional.cross_entropy(out, torch.zeros(len(x), dtype=torch.long)) if out.ndim == 2 \
-        else out.pow(2).mean()  # a feature extractor: any loss that reaches every output
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(t.parameters(), 1.0)  # a small step: this checks that parameters move, not training
-    opt.step()
-    moved = sum(1 for n, p in t.named_parameters() if n in before and not torch.equal(p.detach(), before[n]))
-    row["train_step"] = f"{moved}/{len(before)}"
-    if not torch.isfinite(loss) or moved == 0:
-        failures.append(f"train step (loss {loss.item():.3g}, {moved} moved)")
+    loss = nn.functional.cross_entropy(out, torch.zeros(len(x), dtype=torch.long, device=out.device)) \
+        if out.ndim == 2 else out.pow(2).mean()  # a feature extractor: any loss that reaches every output
+    if loss.requires_grad:
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(t.parameters(), 1.0)  # a small step: checks that parameters move, not training
+        opt.step()
+        moved = sum(1 for n, p in t.named_parameters() if n in before and not torch.equal(p.detach(), before[n]))
+        row["train_step"] = f"{moved}/{len(before)}"
+        if not torch.isfinite(loss) or moved == 0:
+            failures.append(f"train step (loss {loss.item():.3g}, {moved} moved)")
+    else:
+        row["train_step"] = f"0/{len(before)}"
+        failures.append("train step: no gradient reaches the loss (the network's forward runs without gradients, "
+                        "e.g. under torch.no_grad or on detached tensors), so nothing can train")
     # state dict round trip
+    step[0] = "round trip"
     fresh = attach(copy.deepcopy(base), attn, conv, **attach_kwargs)
     try:
         fresh.load_state_dict(t.state_dict())
@@ -137,7 +217,6 @@ def verify_attach(build: Callable[[], nn.Module], attn: str | None = None, conv:
         failures.append(f"round trip: {str(e).splitlines()[0][:120]}")
     row["status"] = "failed" if failures else "ok"
     row["reason"] = "; ".join(failures)
-    return row
 
 
 def _inserted_params(model: nn.Module, base: nn.Module) -> set[str]:

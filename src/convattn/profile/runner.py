@@ -8,7 +8,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..models import DEFAULT_VARIANTS, create_model, parse_variant
+from ..models import DEFAULT_VARIANTS, create_model
+from ..models.plan import canonical_variants
 from ..report import atomic_write_text, print_table, to_markdown, write_csv
 from ..validate import check_device, check_values, option
 from .counting import count_complexity
@@ -48,12 +49,11 @@ class ProfileConfig:
                             ("batch_size", dict(lo=1, integer=True)), ("warmup", dict(lo=0, integer=True)),
                             ("repeats", dict(lo=1, integer=True)), ("threads", dict(lo=1, integer=True, optional=True)),
                             ("num_classes", dict(lo=1, integer=True, optional=True))))
-        for v in self.variants:
-            parse_variant(v)  # refuses unknown names before anything is built
+        canonical_variants(self.variants)  # refuses unknown names before anything is built
 
 
 def _default_size(model: torch.nn.Module) -> int:
-    return 32 if getattr(model, "stem", "imagenet") == "cifar" else 224
+    return getattr(model, "default_input_size", 224)
 
 
 def profile(cfg: ProfileConfig) -> list[dict[str, Any]]:
@@ -61,13 +61,13 @@ def profile(cfg: ProfileConfig) -> list[dict[str, Any]]:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = check_device(cfg.device)
-    variants = list(dict.fromkeys(["none"] + [v for v in cfg.variants]))  # baseline always measured, first
+    variants = [p.name for p in canonical_variants(cfg.variants)]  # baseline always measured, first; one per arm
     rows: list[dict[str, Any]] = []
     for name in cfg.models:
         kw = dict(cfg.model_kwargs)
         if cfg.num_classes is not None:
             kw["num_classes"] = cfg.num_classes
-        built = [(v, create_model(name, **{**kw, **parse_variant(v)})) for v in variants]
+        built = [(v, create_model(name, variant=v, **kw)) for v in variants]
         size = cfg.input_size or _default_size(built[0][1])
         in_chans = built[0][1].in_chans
         x1 = torch.randn(1, in_chans, size, size)

@@ -4,43 +4,40 @@ what each arm costs, per-seed tables and plots.
 
 A task plugs in with a :class:`StudyTask` (classification: ``study.classification``; detection and instance
 segmentation: ``study.detection``): how one run trains, its metrics, its recipe and its cost columns. The loop over
-variants and seeds, resumption, the recipe check of the folder, the statistics and the report are written once here.
+variants and seeds, resumption, the recipe check of the folder and the report are written once here; the verdicts,
+tables and figures the report is made of are :mod:`convattn.study.verdicts`.
 
 Resumable: finished runs (``final.json``) are read back, unfinished ones resume from their last epoch checkpoint,
 and the report is rebuilt from whatever has finished. All files are written atomically.
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
+import contextlib
 import csv
 import json
 import platform
 import shlex
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
-import numpy as np
 import torch
 
-from ..models import parse_variant
+from ..models.plan import canonical_variants
 from ..optional import require
-from ..report import atomic_write_text, print_table, save_figure, to_markdown, write_csv
-from .stats import check_study, paired_cells, paired_deltas, per_seed_table, slug, welch
+from ..engine.checkpoint import run_lock
+from ..report import atomic_write_text, print_table, to_markdown, write_csv
+from .executors import RUN_ERROR, RUN_INFO, RUN_LOG, ExecutorConfig, error_line, make_executor, run_unit
+from .progress import StudyProgress
+from .stats import check_study, per_seed_table, slug
+from .verdicts import (CONVERGING_GAIN, CONVERGING_MEANS, REFERENCE_GAP, Metric, Results, metric_cells,
+                       metric_columns, metric_row, plot_study, progress_line, stacked_table, training_progress,
+                       verdict_note)
 
-__all__ = ["Metric", "StudyTask", "run_study", "environment"]
-
-Results = dict[str, list[dict[str, Any]]]  # variant -> its finished runs (final.json plus what the task adds)
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One number a study reports per run."""
-    key: str  # column prefix in results.csv: top1 -> top1_mean, top1_std, top1_delta, ...
-    label: str  # how the report names it, e.g. "top-1 %", "box AP"
-    of: Callable[[dict[str, Any]], float]  # a run's summary (final.json) -> the value
-    compared: bool = True  # also report std and the differences to the baseline (Welch and paired by seed)
+__all__ = ["Metric", "Results", "StudyTask", "run_study", "environment", "study_lock", "RunsFailed", "as_executor",
+           "training_progress", "verdict_note", "CONVERGING_GAIN", "CONVERGING_MEANS"]
 
 
 class StudyTask(Protocol):
@@ -60,7 +57,9 @@ class StudyTask(Protocol):
         """Values of recipe keys that an older study.json predates."""
 
     def train(self, variant: str, seed: int, run_dir: Path) -> dict[str, Any]:
-        """Train (or resume) one run in ``run_dir``; its final summary (also written to final.json)."""
+        """Train (or resume) one run in ``run_dir``; its final summary (also written to final.json). Called wherever
+        the executor runs it (the task is pickled); outside this process ``run_dir`` exists already (the study
+        records in it where the run runs and its log)."""
 
     def read_run(self, final: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         """A finished run as the study uses it: final.json plus what the task adds (e.g. ``curve``: the primary
@@ -91,228 +90,6 @@ def environment() -> dict[str, str]:
             "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else "none"}
 
 
-def _verdict(v: str, d: float, se: float) -> str:
-    if v == "none":
-        return "baseline"
-    if se != se:
-        return "n/a (1 seed)"
-    return ("exceeds spread (better)" if d > 0 else "exceeds spread (worse)") if abs(d) > 2 * se else "within spread"
-
-
-# The baseline "was still rising" when its primary metric gained more than this (points, mean over seeds) in its
-# last epoch; without per-epoch values, when it ended more than REFERENCE_GAP points below the baseline of a
-# longer reference study of the same model and data.
-CONVERGING_GAIN = 0.5
-REFERENCE_GAP = 2.0
-CONVERGING_MEANS = "; a difference in how fast the arm learns, not where it ends"
-
-
-def training_progress(base_runs: list[dict[str, Any]], metric: Metric, updates: int | None = None,
-                      reference: dict[str, Any] | None = None) -> dict[str, Any]:
-    """How far the baseline's training got, from its runs' per-epoch ``curve`` of the primary metric.
-
-    Returns ``updates`` (per run, as given), ``epochs``, ``gain`` (mean over seeds of the last epoch's change; None
-    without two epochs per curve), ``gains`` (per seed), ``rising`` (True: still rising at the end, False: levelled
-    off, None: unknown) and ``because`` (the evidence in words, for the verdict note).
-    """
-    curves = [r.get("curve") or [] for r in base_runs]
-    epochs = max((len(c) for c in curves), default=0) or None
-    if epochs is None and base_runs and base_runs[0].get("epochs") is not None:
-        epochs = int(base_runs[0]["epochs"])
-    out: dict[str, Any] = dict(updates=updates, epochs=epochs, gain=None, gains={}, rising=None, because="")
-    if base_runs and all(len(c) >= 2 for c in curves):
-        out["gains"] = {r["seed"]: float(c[-1] - c[-2]) for r, c in zip(base_runs, curves)}
-        out["gain"] = float(np.mean(list(out["gains"].values())))
-        out["rising"] = out["gain"] > CONVERGING_GAIN
-        out["because"] = f"baseline {out['gain']:+.2f} points in its last epoch"
-    elif base_runs and reference and reference.get("baseline") is not None:
-        mean, ref, ref_updates = float(np.mean([metric.of(r) for r in base_runs])), reference["baseline"], \
-            reference.get("updates")
-        shorter = updates is not None and ref_updates is not None and updates < ref_updates
-        if shorter and mean < ref - REFERENCE_GAP:
-            out["rising"] = True
-            out["because"] = (f"baseline {mean:.2f} vs {ref:.2f} in the {reference.get('short', reference['label'])}"
-                              f" ({ref_updates:,} updates)")
-    return out
-
-
-def verdict_note(verdict: str, progress: dict[str, Any]) -> str:
-    """What must stand next to an "exceeds spread" verdict of a study whose baseline was still rising ("" else)."""
-    if not verdict.startswith("exceeds spread") or not progress.get("rising"):
-        return ""
-    n = progress.get("updates")
-    return ("still converging: " + (f"{n:,} updates, " if n is not None else "") + progress["because"]
-            + CONVERGING_MEANS)
-
-
-def progress_line(progress: dict[str, Any], label: str) -> str:
-    """The report's sentence on how far training got."""
-    n, ep = progress.get("updates"), progress.get("epochs")
-    got = ", ".join(x for x in ((f"{n:,} updates per run" if n is not None else ""),
-                                (f"{ep} epoch{'s' if ep != 1 else ''}" if ep else "")) if x) or "unknown length"
-    text = f"Training progress: {got}."
-    if progress.get("gain") is not None:
-        seeds = ", ".join(f"{g:+.2f}" for g in progress["gains"].values())
-        text += (f" The baseline's {label} changed by {progress['gain']:+.2f} points in its last epoch (mean over "
-                 f"seeds; per seed {seeds}): ")
-        text += ("still rising at the end, so the arms were still converging and the differences below are measured "
-                 "part-way through training, not at convergence." if progress["rising"] else
-                 f"levelled off (within {CONVERGING_GAIN:g} points).")
-    elif progress.get("rising"):
-        text += (f" Per-epoch values are not available; {progress['because']}: the arms were still converging, so "
-                 "the differences below are measured part-way through training, not at convergence.")
-    else:
-        text += " Per-epoch values are not available: whether the baseline was still rising is not known."
-    return text
-
-
-def _metric_row(v: str, runs: list[dict[str, Any]], base_runs: list[dict[str, Any]], metrics: Sequence[Metric]
-                ) -> dict[str, Any]:
-    """Mean, std and differences to the baseline of every metric of one arm (``seeds_done`` runs)."""
-    row: dict[str, Any] = dict(variant=v, seeds_done=len(runs))
-    if not runs:
-        return dict(row, verdict="not run yet")
-    for m in metrics:
-        vals = [m.of(r) for r in runs]
-        row[f"{m.key}_mean"] = float(np.mean(vals))
-        if not m.compared:
-            continue
-        row[f"{m.key}_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
-        if v != "none":
-            row[f"{m.key}_delta"], row[f"{m.key}_delta_se"] = welch(vals, [m.of(r) for r in base_runs])
-            row[f"{m.key}_paired"] = paired_cells(paired_deltas(runs, base_runs, m.of))["paired"]
-    p = metrics[0]  # the primary metric: the verdict and the per-seed values
-    if p.compared:
-        row["verdict"] = _verdict(v, row.get(f"{p.key}_delta", 0.0), row.get(f"{p.key}_delta_se", float("nan")))
-        row[f"{p.key}_per_seed"] = " ".join(f"{p.of(r):.2f}" for r in runs)
-    return row
-
-
-def metric_columns(metrics: Sequence[Metric]) -> tuple[list[str], list[str], dict[str, str]]:
-    """(report columns, extra results.csv columns, headers) of the metrics: the primary one with its difference,
-    SE and verdict; others with their difference when compared."""
-    shown, extra, headers = [], [], {"seeds_done": "seeds"}
-    for i, m in enumerate(metrics):
-        k = m.key
-        shown.append(f"{k}_mean")
-        headers[f"{k}_mean"] = f"{m.label} (mean)"
-        if m.compared:
-            shown += [f"{k}_std", f"{k}_delta", f"{k}_delta_se"] + (["verdict"] if i == 0 else [])
-            extra.append(f"{k}_paired")
-            headers.update({f"{k}_std": "± std", f"{k}_delta": "Δ vs none" if i == 0 else f"Δ {m.label}",
-                            f"{k}_delta_se": "SE(Δ)", "verdict": "Δ vs seed spread", f"{k}_paired": "paired Δ"})
-    return shown, extra + [f"{metrics[0].key}_per_seed"], headers
-
-
-def _metric_cells(row: dict[str, Any], metrics: Sequence[Metric]) -> dict[str, Any]:
-    """Display copy of a report row: the metrics and their differences with two decimals (differences signed), the
-    verdict with its note, and the reference study's result for the arm."""
-    out = dict(row)
-    for m in metrics:
-        for suffix in ("_mean", "_std", "_delta", "_delta_se"):
-            v = row.get(m.key + suffix)
-            if isinstance(v, float) and v == v:
-                out[m.key + suffix] = f"{v:+.2f}" if suffix == "_delta" else f"{v:.2f}"
-    if row.get("verdict_note"):
-        out["verdict"] = f"{row['verdict']} — {row['verdict_note']}"
-    out["reference"] = _reference_cell(row)
-    return out
-
-
-def _reference_cell(row: dict[str, Any]) -> str:
-    """The reference study's result for one arm: its mean for the baseline, else Δ vs its baseline and verdict."""
-    mean, delta = row.get("reference_mean"), row.get("reference_delta")
-    if row.get("variant") == "none":
-        return f"{mean:.2f}" if mean is not None else ""
-    if delta is None:
-        return "not in it"
-    return f"{delta:+.2f}" + (f", {row['reference_verdict']}" if row.get("reference_verdict") else "")
-
-
-def _stacked_table(variants: list[str], seeds: Sequence[int], results: Results, metric: Metric) -> str:
-    """Markdown: each stacked arm (``a+b``) against each of its parts that the study also trained, paired by seed.
-
-    Empty when the study has no stacked arm with a trained part.
-    """
-    cols = ["arm", "vs"] + [f"Δ seed {s}" for s in seeds] + ["paired", "better"]
-    rows = []
-    for v in variants:
-        for part in (v.split("+") if "+" in v else []):
-            if part not in results or not results[part] or not results[v]:
-                continue
-            p = paired_deltas(results[v], results[part], metric.of)
-            if p["per_seed"]:
-                rows.append({"arm": v, "vs": part, **{f"Δ seed {s}": f"{d:+.2f}" for s, d in p["per_seed"].items()},
-                             **paired_cells(p)})
-    return to_markdown(rows, cols, {"paired": "paired Δ (mean ± SE)"}) if rows else ""
-
-
-def _plots(out: Path, rows: list[dict[str, Any]], results: Results, metric: Metric,
-           progress: dict[str, Any] | None = None, ref_label: str | None = None) -> list[str]:
-    """The study's figures (written only when the study has what they show); their file names. The differences
-    plot shows beside each arm the reference study's Δ (``reference_delta`` of its row, labelled ``ref_label``) and
-    says in its title when the baseline was still rising (``progress``)."""
-    matplotlib = require("matplotlib", "plots", "a study's figures")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    mean, std = f"{metric.key}_mean", f"{metric.key}_std"
-    done = [r for r in rows if r.get(mean) is not None]
-    for key, label, name in (("gmacs", "GMACs (dispatch counter, 10^9 multiply-accumulates)", "acc_vs_macs.png"),
-                             ("latency_ratio", "forward latency / plain model (same run)", "acc_vs_latency.png")):
-        if not any(r.get(key) is not None for r in done):
-            continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for r in done:
-            if r.get(key) is None:
-                continue
-            ax.errorbar(r[key], r[mean], yerr=r[std] if r.get(std) == r.get(std) else None, fmt="o", capsize=3)
-            ax.annotate(r["variant"], (r[key], r[mean]), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.set_xlabel(label)
-        ax.set_ylabel(f"{metric.label}, mean ± std over seeds")
-        save_figure(fig, out / name)
-        written.append(name)
-    pairs = {v: paired_deltas(results[v], results["none"], metric.of) for v in results if v != "none"}
-    arms = [v for v, p in pairs.items() if p["per_seed"]]
-    if arms:
-        refs = {r["variant"]: r["reference_delta"] for r in rows if r.get("reference_delta") is not None}
-        fig, ax = plt.subplots(figsize=(6.4, 1.5 + 0.42 * len(arms)))
-        for i, v in enumerate(arms):
-            p = pairs[v]
-            ax.plot(list(p["per_seed"].values()), [i] * len(p["per_seed"]), "o", color="0.6", ms=4,
-                    label="seeds" if i == 0 else None)
-            ax.errorbar(p["mean"], i, xerr=p["se"] if p["se"] == p["se"] else None, fmt="D", color="C0", capsize=3,
-                        label="this study: mean ± SE" if i == 0 else None)
-        for n, (i, v) in enumerate((i, v) for i, v in enumerate(arms) if v in refs):
-            ax.plot(refs[v], i, "s", mfc="none", mec="C1", ms=8, mew=1.5, label=ref_label if n == 0 else None)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(arms)), arms)
-        ax.invert_yaxis()
-        ax.set_xlabel(f"{metric.label} − baseline of the same seed")
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22 - 0.5 / (len(arms) + 1)), ncol=3,
-                  frameon=False)
-        if progress and progress.get("rising"):
-            n = progress.get("updates")
-            ax.set_title((f"after {n:,} updates; " if n else "") + "the baseline was still rising: these differences "
-                         "are learning speed, not final accuracy", fontsize=8)
-        save_figure(fig, out / "delta_vs_none.png")
-        written.append("delta_vs_none.png")
-    curves = {v: [r["curve"] for r in runs if r.get("curve")] for v, runs in results.items()}
-    if any(curves.values()):
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
-        for v, runs in curves.items():
-            n = min((len(r) for r in runs), default=0)
-            if n:
-                ax.plot(range(1, n + 1), np.mean([r[:n] for r in runs], 0), "o-", label=v)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{metric.label}, mean over seeds")
-        ax.legend(fontsize=8)
-        save_figure(fig, out / "curves.png")
-        written.append("curves.png")
-    return written
-
-
 def _runs_from_csv(path: Path, variants: Sequence[str], seeds: Sequence[int]) -> Results:
     """The finished runs of a study as its ``runs.csv`` recorded them (numbers parsed back; no per-epoch curve)."""
     def value(x: str) -> Any:
@@ -336,31 +113,175 @@ def _runs_from_csv(path: Path, variants: Sequence[str], seeds: Sequence[int]) ->
     return results
 
 
+class RunsFailed(RuntimeError):
+    """Some runs of a study failed; the others finished and the report names the failed ones. ``rows``: the
+    report's rows, ``failures``: one dict per failed run (variant, seed, error, log)."""
+
+    def __init__(self, message: str, rows: list[dict[str, Any]], failures: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.rows, self.failures = rows, failures
+
+
+_HELD: dict[str, int] = {}  # study folders this process holds the lock of (nested holders share it)
+
+
+@contextlib.contextmanager
+def study_lock(out: str | Path) -> Iterator[None]:
+    """Own the study folder ``out`` while a study runs in it: one ``flock`` on ``out/.lock`` for the process that
+    submits the runs, whatever executes them (a second study command on the folder is refused with the owner's
+    pid; ``--report-only`` does not lock). Each run also locks its own folder while it writes it."""
+    key = str(Path(out).resolve())
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    with run_lock(out):
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+
+
+def as_executor(executor: Any, runs: int, threads: int | None, out: str | Path) -> tuple[Any, int | None, bool]:
+    """(executor, torch threads per run, whether the study owns it and shuts it down) for ``executor``: None or a
+    name (``local``, ``processes``, ``ray``, ``slurm``), an :class:`ExecutorConfig`, or anything with ``submit``
+    (a ``concurrent.futures`` executor; its runs take ``threads`` threads)."""
+    if executor is None:
+        executor = "local"
+    if isinstance(executor, str):
+        executor = ExecutorConfig(executor=executor)
+    if isinstance(executor, ExecutorConfig):
+        ex = make_executor(executor, runs, threads, out)
+        return ex, getattr(ex, "threads", threads), True
+    if not callable(getattr(executor, "submit", None)):
+        raise TypeError(f"executor must be a name, an ExecutorConfig or have submit(fn, *args), got {executor!r}")
+    return executor, getattr(executor, "threads", threads), False
+
+
+def _failure(variant: str, seed: int, run_dir: Path, e: BaseException) -> dict[str, Any]:
+    log = run_dir / RUN_LOG
+    err = run_dir / RUN_ERROR
+    return dict(variant=variant, seed=seed, error=error_line(e), exception=e,
+                log=str(log) if log.exists() else (str(err) if err.exists() else ""))
+
+
+def _run_threads(run_dir: Path) -> int | None:
+    try:
+        t = json.loads((run_dir / RUN_INFO).read_text()).get("threads")
+        return int(t) if t is not None else None
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _train_runs(task: StudyTask, units: list[tuple[str, int, Path]], executor: Any, threads: int | None,
+                progress: StudyProgress) -> list[dict[str, Any]]:
+    """Submit every unit (variant, seed, run folder) to ``executor`` and wait for all of them; the failures (each
+    named with its variant, seed, last error line and log), in the order of ``units``."""
+    # a run's output goes to its log.txt where it runs in another process (not in a thread of this one)
+    capture = bool(getattr(executor, "capture", isinstance(executor, cf.ProcessPoolExecutor)))
+    name = str(getattr(executor, "name", type(executor).__name__))
+    futures: dict[cf.Future, tuple[str, int, Path]] = {}
+    failures: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def collect(done: Sequence[cf.Future]) -> None:
+        for f in done:
+            v, seed, run_dir = futures.pop(f)
+            e = f.exception()
+            if e is not None:
+                failures[(v, seed)] = _failure(v, seed, run_dir, e)
+            progress.finished(v, seed, None if e is None else failures[(v, seed)]["error"])
+
+    try:
+        with getattr(executor, "batch", contextlib.nullcontext)():
+            for v, seed, run_dir in units:
+                f = executor.submit(run_unit, task, v, seed, str(run_dir), threads, capture, name)
+                futures[f] = (v, seed, run_dir)
+                collect([f] if f.done() else [])  # an in-process executor has finished it already
+        while futures:
+            done, _ = cf.wait(list(futures), timeout=progress.interval, return_when=cf.FIRST_COMPLETED)
+            collect(list(done))
+            progress.refresh()
+    except BaseException:
+        for f in futures:
+            f.cancel()
+        raise
+    return [failures[(v, s)] for v, s, _ in units if (v, s) in failures]
+
+
 def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], out: str | Path,
-              command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
+              command: str | None = None, report_only: bool = False, executor: Any = None,
+              threads: int | None = None) -> list[dict[str, Any]]:
     """Run (or continue) the study of ``task`` and write ``report.md``, ``results.csv``, ``runs.csv`` and plots.
 
-    ``none`` (the baseline) is always an arm and comes first. With ``report_only`` nothing trains: the report is
-    built from the runs finished so far and says it is partial. Returns the report's rows, one per variant.
+    ``none`` (the baseline) is always an arm and comes first. Every run not finished yet is submitted to
+    ``executor`` as one unit of work (see :func:`as_executor`; default: in this process, one after another), with
+    ``threads`` torch threads (None: the executor's share); the report is built from the run folders. A run that
+    fails is named in the report while the others finish, then :class:`RunsFailed` is raised (when no baseline run
+    finished at all, the first failure's own error). With ``report_only`` nothing trains and nothing is locked:
+    the report is built from the runs finished so far and says it is partial. Returns the report's rows, one per
+    variant.
     """
+    t_start = time.perf_counter()
     require("matplotlib", "plots", "a study's figures")  # before any training, not after it
-    variants = list(dict.fromkeys(["none"] + [v.strip() for v in variants if v.strip()]))
-    for v in variants:
-        parse_variant(v)
+    variants = [p.name for p in canonical_variants(variants)]  # one arm per canonical name, "none" first
     if not seeds:
         raise ValueError("compare needs at least one seed")
     out = Path(out)
-    study = dict(task=task.name, **task.identity(), variants=variants, seeds=list(seeds), recipe=task.recipe(),
-                 command=command or "convattn " + shlex.join(sys.argv[1:]), environment=environment())
+    if report_only:
+        return _report(task, variants, seeds, out, command, report_only, [], None, t_start)
+    out.mkdir(parents=True, exist_ok=True)
+    with study_lock(out):
+        units = [(v, seed, out / "runs" / slug(v) / f"seed{seed}") for seed in seeds for v in variants]
+        todo = [u for u in units if not (u[2] / "final.json").exists()]
+        # before any executor starts: a folder holding another study is refused before anything trains
+        _report_start(task, variants, seeds, out, command, None)
+        ex, per_run, owned = as_executor(executor, len(units), threads, out) if todo else (None, threads, False)
+        failures: list[dict[str, Any]] = []
+        try:
+            label = ex.describe() if callable(getattr(ex, "describe", None)) else type(ex).__name__
+            if todo:
+                epochs = getattr(getattr(task, "base", None), "epochs", None)
+                progress = StudyProgress(units, todo, epochs, getattr(ex, "lanes", 1), label)
+                with progress:
+                    failures = _train_runs(task, todo, ex, per_run, progress)
+        finally:
+            if owned and ex is not None:
+                ex.shutdown(wait=True)
+        return _report(task, variants, seeds, out, command, False, failures, label if todo else None, t_start)
+
+
+def _study_record(task: StudyTask, variants: list[str], seeds: Sequence[int], command: str | None,
+                  executor: str | None) -> dict[str, Any]:
+    env = environment()
+    if executor:
+        env["executor"] = executor
+    return dict(task=task.name, **task.identity(), variants=variants, seeds=list(seeds), recipe=task.recipe(),
+                command=command or "convattn " + shlex.join(sys.argv[1:]), environment=env)
+
+
+def _report_start(task: StudyTask, variants: list[str], seeds: Sequence[int], out: Path, command: str | None,
+                  executor: str | None) -> None:
+    """``study.json`` written (or checked against the folder's study) before the first run."""
+    check_study(out, _study_record(task, variants, seeds, command, executor), task.recipe_defaults(),
+                identity=("task", *task.identity()))
+
+
+def _report(task: StudyTask, variants: list[str], seeds: Sequence[int], out: Path, command: str | None,
+            report_only: bool, failures: list[dict[str, Any]], executor: str | None,
+            t_start: float) -> list[dict[str, Any]]:
+    """The report of the runs finished in ``out`` (and of ``failures``, the runs that failed in this call)."""
+    study = _study_record(task, variants, seeds, command, executor)
     if report_only:
         if not (out / "study.json").exists():
             raise FileNotFoundError(f"--report-only: no study in {out} (study.json missing); run compare without it first")
         stored = json.loads((out / "study.json").read_text())
         study["command"] = stored.get("command", study["command"])
         study["environment"] = stored.get("environment", study["environment"])  # where the runs ran, not the report
-    out.mkdir(parents=True, exist_ok=True)
     check_study(out, study, task.recipe_defaults(), identity=("task", *task.identity()))
-    t_start = time.perf_counter()
     results: Results = {v: [] for v in variants}
     from_csv = report_only and not any((out / "runs").glob("*/seed*/final.json")) and (out / "runs.csv").exists()
     if from_csv:  # a study folder kept without its run folders (as committed): the runs as runs.csv recorded them
@@ -368,18 +289,21 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     for seed in ([] if from_csv else seeds):  # seed-major: an interrupted study has complete seeds first
         for v in variants:
             run_dir = out / "runs" / slug(v) / f"seed{seed}"
-            if (run_dir / "final.json").exists():
+            try:
                 final = json.loads((run_dir / "final.json").read_text())
-            elif report_only:
+            except (FileNotFoundError, NotADirectoryError):
                 continue
-            else:
-                final = task.train(v, seed, run_dir)
+            n = _run_threads(run_dir)
+            if n is not None:
+                final["threads"] = n
             results[v].append(task.read_run({**final, "seed": seed}, run_dir))
+    if not results["none"] and failures:
+        raise failures[0]["exception"]  # (the first failure's own error: a bad input fails every run alike)
     if not results["none"]:
         raise RuntimeError(f"no finished baseline run in {out} yet: nothing to compare against")
     metrics = task.metrics
     cost, cost_cols, cost_headers = task.columns(variants, results, out)
-    rows = [{**_metric_row(v, results[v], results["none"], metrics), **cost.get(v, {})} for v in variants]
+    rows = [{**metric_row(v, results[v], results["none"], metrics), **cost.get(v, {})} for v in variants]
     ref = task.reference() if callable(getattr(task, "reference", None)) else None
     updates = task.updates_per_run(results) if callable(getattr(task, "updates_per_run", None)) else None
     progress = training_progress(results["none"], metrics[0], updates, ref)
@@ -404,9 +328,9 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
         write_csv(out / "runs.csv", [{"variant": v, "seed": r["seed"], **{m.key: m.of(r) for m in metrics},
                                       **{k: r.get(k) for k in scalars if k not in ("variant", "seed")}}
                                      for v in variants for r in results[v]])
-    plots = _plots(out, rows, results, metrics[0], progress, ref["label"] if ref else None)
+    plots = plot_study(out, rows, results, metrics[0], progress, ref["label"] if ref else None)
     n_done, n_all = sum(len(r) for r in results.values()), len(variants) * len(seeds)
-    shown = [_metric_cells(r, metrics) for r in rows]
+    shown = [metric_cells(r, metrics) for r in rows]
     partial = ([f"**Partial study: {n_done} of {n_all} runs finished.** Rerun the command to continue; finished "
                 "runs are kept and unfinished ones resume from their last epoch.", ""] if n_done < n_all else [])
     if from_csv:
@@ -416,13 +340,15 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     for m in (m for m in metrics if m.compared):
         per_seed += [f"## Per seed: {m.label}" if len(metrics) > 1 else "## Per seed", "",
                      per_seed_table(variants, list(seeds), results, m.of), ""]
-    stacked = _stacked_table(variants, list(seeds), results, metrics[0])
+    stacked = stacked_table(variants, list(seeds), results, metrics[0])
     wall = time.perf_counter() - t_start
     md = [f"# {task.title}", "", *partial,
           f"Command: `{study['command']}`", "",
           task.describe(results, seeds), "",
           progress_line(progress, metrics[0].label), "",
           "Environment: " + ", ".join(f"{k} {v}" for k, v in study["environment"].items()), "",
+          _threads_line(results), "",
+          *_failures_section(failures),
           to_markdown(shown, columns, headers), "",
           *task.notes(),
           *([ref["note"]] if ref and ref.get("note") else []),
@@ -443,4 +369,37 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
     atomic_write_text(out / "report.md", "\n".join(md) + "\n")
     print_table(shown, columns, headers, title=f"{task.title} ({wall:.0f} s)")
     print(f"report: {out / 'report.md'}")
+    if failures:
+        f0 = failures[0]
+        raise RunsFailed(f"{len(failures)} of {n_all} runs failed (the others finished; {out / 'report.md'} names "
+                         f"them): {f0['variant']} seed {f0['seed']}: {f0['error']}" + (f" (log: {f0['log']})"
+                                                                                          if f0['log'] else "")
+                         + "; rerun the command to retry them", rows, failures)
     return rows
+
+
+def _threads_line(results: Results) -> str:
+    """The report's line on the torch threads each run used: a run's numbers at the same seed depend on it."""
+    counts: dict[Any, int] = {}
+    for runs in results.values():
+        for r in runs:
+            counts[r.get("threads")] = counts.get(r.get("threads"), 0) + 1
+    known = {k: n for k, n in counts.items() if k is not None}
+    text = "Threads per run (torch CPU threads; at the same seed a run's numbers depend on them): "
+    if not known:
+        return text + "not recorded (runs trained before convattn recorded them)."
+    parts = [f"{k} ({n} run{'s' if n != 1 else ''})" for k, n in sorted(known.items())]
+    if None in counts:
+        parts.append(f"not recorded ({counts[None]} runs)")
+    return text + ", ".join(parts) + ("." if len(parts) == 1 else "; the runs differ, so compare them with care.")
+
+
+def _failures_section(failures: list[dict[str, Any]]) -> list[str]:
+    """Markdown naming each run that failed in this invocation (arm, seed, last line of its error, its log)."""
+    if not failures:
+        return []
+    rows = [dict(arm=f["variant"], seed=f["seed"], error=f["error"].replace("|", "\\|"), log=f["log"])
+            for f in failures]
+    return [f"**Failed runs: {len(failures)}** (rerun the command to retry them; finished runs are kept and "
+            "unfinished ones resume from their last epoch):", "", to_markdown(rows, ["arm", "seed", "error", "log"]),
+            ""]

@@ -22,8 +22,10 @@ def top1(run: dict[str, Any]) -> float:
 
 
 def slug(variant: str) -> str:
-    """Run-folder name of a variant: ``se+aw`` -> ``se_aw``, ``steam@all`` -> ``steam-all``."""
-    return variant.replace("+", "_").replace("@", "-") or "none"
+    """Run-folder name of a variant, from its canonical name: ``se+aw`` (or ``AW+SE``) -> ``se_aw``,
+    ``steam@all`` -> ``steam-all``, ``baseline`` -> ``none``."""
+    from ..models.plan import AttachPlan
+    return AttachPlan.parse(variant).name.replace("+", "_").replace("@", "-")
 
 
 def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], identity: Sequence[str] = ("model",)

@@ -104,16 +104,24 @@ def measure_costs(base: TrainConfig, variants: Sequence[str], min_steps: int = 3
 
 
 def _predict(costs: Sequence[ArmCost], seeds: int, train_size: int, epochs: int, val_images: int,
-             fixed_s: float) -> float:
+             fixed_s: float, lanes: int = 1) -> float:
     """Predicted seconds of the study: every arm and seed trains ``epochs`` × ``train_size`` images and evaluates
-    the validation set after every epoch; ``fixed_s`` covers what runs once (profiling, latency, report)."""
-    per_seed = sum(epochs * (train_size * c.train_s + val_images * c.eval_s) for c in costs)
-    return seeds * per_seed + fixed_s
+    the validation set after every epoch; ``fixed_s`` covers what runs once (profiling, latency, report). With
+    ``lanes`` runs in parallel, each run starts on the first lane free, in the order the study submits them (seed
+    by seed, arm by arm)."""
+    runs = [epochs * (train_size * c.train_s + val_images * c.eval_s) for _ in range(seeds) for c in costs]
+    if lanes <= 1:
+        return sum(runs) + fixed_s
+    free = [0.0] * min(lanes, len(runs))
+    for r in runs:
+        i = free.index(min(free))
+        free[i] += r
+    return max(free) + fixed_s
 
 
 def plan(costs: Sequence[ArmCost], seeds: int, budget_s: float, val_images: int, max_train: int, epochs: int = 2,
-         fixed_s: float = 0.0, size_epochs: bool = True, size_train: bool = True, train_size: int | None = None
-         ) -> Plan:
+         fixed_s: float = 0.0, size_epochs: bool = True, size_train: bool = True, train_size: int | None = None,
+         lanes: int = 1) -> Plan:
     """The largest recipe predicted to fit ``_MARGIN`` × ``budget_s``: training images first (multiples of 250,
     at least 1,000, at most ``max_train``) at ``epochs`` epochs, then, with the whole training set, more epochs.
     With ``size_train=False`` only the epochs are sized (for the given ``train_size``), with ``size_epochs=False``
@@ -121,7 +129,7 @@ def plan(costs: Sequence[ArmCost], seeds: int, budget_s: float, val_images: int,
     usable = _MARGIN * budget_s
 
     def cost(n: int, e: int) -> float:
-        return _predict(costs, seeds, n, e, val_images, fixed_s)
+        return _predict(costs, seeds, n, e, val_images, fixed_s, lanes)
 
     n = min(_MIN_TRAIN if size_train else (train_size or max_train), max_train)
     if size_train:
@@ -138,9 +146,13 @@ def plan(costs: Sequence[ArmCost], seeds: int, budget_s: float, val_images: int,
 
 
 def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_min: float, out: Path,
-               size_train: bool, size_epochs: bool, latency_batch: int = 64) -> dict[str, int]:
+               size_train: bool, size_epochs: bool, latency_batch: int = 64, lanes: int = 1,
+               threads: int | None = None) -> dict[str, int]:
     """The training images and epochs of a budgeted study: read back from ``out`` when the study was sized
-    before (a resumed study keeps its recipe), else measured here, printed and written to ``out/budget.json``."""
+    before (a resumed study keeps its recipe), else measured here, printed and written to ``out/budget.json``.
+
+    ``lanes`` runs train at once, each with ``threads`` torch threads (None: this process's): the arms are timed
+    at that thread count and the runs spread over the lanes."""
     from ...validate import check_value
     check_value("time_budget", budget_min, lo=0)  # minutes (0: none); NaN, inf and < 0 are refused
     path = out / BUDGET_FILE
@@ -167,17 +179,25 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
     print(f"time budget: {budget_min:g} min; timing a few training steps of each of the {len(variants)} arms to size "
           "the study ...", flush=True)
     full = data_for(replace(base, seed=0, train_size=None), base.batch_size, workers=0)
-    costs = measure_costs(base, variants, data=full)
+    had = torch.get_num_threads()
+    threads = threads or had
+    torch.set_num_threads(threads)
+    try:
+        costs = measure_costs(base, variants, data=full)
+    finally:
+        torch.set_num_threads(had)
     # once per study: a profile (one forward per arm) and the latency table (about 12 batches per arm)
     fixed = sum(12 * latency_batch * c.eval_s + 1.0 for c in costs)
     spent = time.perf_counter() - t0  # the measurement is part of the budget
     p = plan(costs, seeds, 60 * budget_min - spent, full.val.num_samples, full.train.num_samples, base.epochs, fixed,
-             size_epochs=size_epochs, size_train=size_train, train_size=base.train_size)
+             size_epochs=size_epochs, size_train=size_train, train_size=base.train_size, lanes=lanes)
     p = replace(p, predicted_s=round(p.predicted_s + spent, 1), budget_s=60 * budget_min)
     per_arm = ", ".join(f"{c.variant} {1e3 * c.train_s:.2f}" for c in costs)
-    print(f"time budget: {budget_min:g} min on this machine; measured training ms/image: {per_arm}")
+    print(f"time budget: {budget_min:g} min on this machine for {lanes} parallel run{'s' if lanes != 1 else ''} x "
+          f"{threads} thread{'s' if threads != 1 else ''}; measured training ms/image: {per_arm}")
     print(f"time budget: {p.train_size:,} training images x {p.epochs} epochs per run, predicted "
           f"{p.predicted_s / 60:.1f} min" + ("" if p.fits else " (the smallest recipe; it does not fit the budget)"))
-    atomic_write_text(path, json.dumps(dict(budget_min=budget_min, **asdict(p), costs=[asdict(c) for c in costs]),
+    atomic_write_text(path, json.dumps(dict(budget_min=budget_min, **asdict(p), lanes=lanes, threads=threads,
+                                            costs=[asdict(c) for c in costs]),
                                        indent=2))
     return {"train_size": p.train_size, "epochs": p.epochs}

@@ -8,11 +8,11 @@ from typing import Any, ClassVar
 
 from ...data import resolve_name
 from ...engine.run import RunConfig, check_settings, fill_preset
-from ...models import parse_variant
+from ...models.plan import AttachPlan
 from ...validate import ConfigError, option
 
 __all__ = ["TrainConfig", "PRESETS", "resolve_config", "resolve_with_notes", "folder_recipe", "few_updates_batch",
-           "LARGE_FOLDER", "MIN_UPDATES", "MIN_BATCH", "arm_config"]
+           "LARGE_FOLDER", "MIN_UPDATES", "MIN_BATCH", "arm_config", "attach_plan"]
 
 # Recipes of the SE/CBAM/ECA/GCT lineage (their papers' CIFAR and ImageNet schedules); every value can be overridden.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -154,8 +154,9 @@ class TrainConfig(RunConfig):
     channels_last: bool = option(False, "channels_last memory format")
     compile: bool = option(False, "torch.compile the model")
     zero_init_last: bool = option(False, "zero-init the last BN of each residual block")
-    pretrained_path: str | None = option(None, "local state dict (.pth/.safetensors) of the plain network, loaded "
-                                         "before attention is attached (nothing is downloaded)")
+    pretrained_path: str | None = option(None, "local state dict (.pth/.safetensors) of the plain network, or a "
+                                         "shared model folder (config.json + model.safetensors, docs/sharing.md), "
+                                         "loaded before attention is attached (nothing is downloaded)")
     pretrained_partial: bool = option(False, "with --pretrained-path: load only the tensors that match when the file "
                                       "does not hold every tensor of the plain network (another network's weights); "
                                       "without it such a file is refused")
@@ -178,6 +179,12 @@ class TrainConfig(RunConfig):
     workers: int = option(2, "DataLoader workers (ImageFolder only)")  # RunConfig's, with the task's help
     out: str = option("runs/train", "run folder")  # RunConfig's, with the task's default
     keep_last: int = option(1, "epoch checkpoints kept")
+
+
+def attach_plan(cfg: TrainConfig) -> AttachPlan:
+    """The run's :class:`AttachPlan`: its variant with the run's module options and identity start."""
+    return AttachPlan.parse(cfg.variant, identity=bool(cfg.identity), attn_kwargs=cfg.attn_kwargs or {},
+                            conv_kwargs=cfg.conv_kwargs or {})
 
 
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
@@ -260,7 +267,12 @@ def _check_ranges(d: dict[str, Any]) -> None:
         if any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= top for m in ms) \
                 or list(ms) != sorted(set(ms)):
             raise ConfigError(f"milestones (--milestones) must be increasing epochs in 1..{d['epochs']}, got {ms}")
-    attn = parse_variant(d["variant"])
+    try:
+        plan = AttachPlan.parse(d["variant"])
+    except ValueError as e:
+        raise ConfigError(f"variant (--variant/--attn/--conv) {d['variant']!r}: {e}") from None
+    d["variant"] = plan.name  # the canonical name: run folders, reports and resumption see one spelling
+    attn = plan.kwargs()
     if d["conv_kwargs"] and attn["conv"] != "aw":
         raise ConfigError(f"conv_kwargs (--conv-kwargs) {d['conv_kwargs']} configure AW-convolution, but variant "
                           f"{d['variant']!r} has none; add --conv aw (or '+aw' to the variant) or drop --conv-kwargs")
@@ -283,9 +295,9 @@ def _check_ranges(d: dict[str, Any]) -> None:
                           f"the whole run; got {d['freeze_epochs']}")
 
 
-def arm_config(base: TrainConfig, variant: str) -> TrainConfig:
+def arm_config(base: TrainConfig, variant: "str | AttachPlan") -> TrainConfig:
     """The recipe for one variant: the module options only where the variant has the module (the baseline
     trains with none)."""
-    parts = parse_variant(variant)
-    return replace(base, variant=variant, attn_kwargs=base.attn_kwargs if parts["attn"] else {},
-                   conv_kwargs=base.conv_kwargs if parts["conv"] == "aw" else {})
+    plan = AttachPlan.parse(variant)
+    return replace(base, variant=plan.name, attn_kwargs=base.attn_kwargs if plan.attn else {},
+                   conv_kwargs=base.conv_kwargs if plan.conv else {})

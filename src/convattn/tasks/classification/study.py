@@ -12,11 +12,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ...models import COMPARE_VARIANTS, CIFAR_MODELS, DEFAULT_VARIANTS, parse_variant
+from ...models import COMPARE_VARIANTS, CIFAR_MODELS, DEFAULT_VARIANTS
+from ...models.plan import AttachPlan, canonical_variants
 from ...profile.counting import count_complexity
 from ...profile.latency import measure_latency, prepare_for_timing
 from ...report import atomic_write_text
-from ...study.compare import Metric, Results, run_study
+from ...study.compare import Metric, Results, as_executor, run_study, study_lock
 from ...validate import ConfigError
 from .budget import BUDGET_FILE, size_study
 from .config import TrainConfig, arm_config, resolve_config
@@ -101,17 +102,16 @@ EVIDENCE_STUDY = Path("reports") / "evidence_r20"
 _DATA_FAMILY = {"embedded": "fashion-mnist", "fashion-mnist": "fashion-mnist"}
 
 
-def repo_root() -> Path | None:
-    """The repository this package runs from (a source checkout or an editable install), else None."""
-    root = Path(__file__).resolve().parents[4]  # <root>/src/convattn/tasks/classification/study.py
-    return root if (root / "pyproject.toml").is_file() and (root / "src" / "convattn").is_dir() else None
+def reference_folder() -> Path:
+    """The evidence study's ``results.csv`` and ``study.json`` as they ship with the package (package data
+    ``convattn/data/reference/evidence_r20``, a copy of the repository's reports/evidence_r20 that a test keeps
+    equal), so a wheel install reads the same reference as a checkout."""
+    from importlib.resources import files
+    return Path(str(files("convattn.data") / "reference" / EVIDENCE_STUDY.name))
 
 
-def _evidence_folder(folder: str | Path | None) -> Path | None:
-    if folder is not None:
-        return Path(folder)
-    root = repo_root()
-    return None if root is None else root / EVIDENCE_STUDY
+def _evidence_folder(folder: str | Path | None) -> Path:
+    return Path(folder) if folder is not None else reference_folder()
 
 
 def _number(x: Any) -> float | None:
@@ -125,11 +125,9 @@ def _number(x: Any) -> float | None:
 def evidence_result(arm: str, folder: str | Path | None = None) -> dict[str, Any] | None:
     """The evidence study's result for ``arm``, read now from its committed ``results.csv``: ``mean`` (top-1 %),
     ``delta`` and ``delta_se`` (vs its baseline, Welch), ``verdict`` and ``seeds``. None when the file or the arm is
-    absent (e.g. convattn installed without the repository). ``folder``: the study folder (default: the
-    repository's reports/evidence_r20)."""
+    absent. ``folder``: the study folder (default: the copy that ships with the package,
+    :func:`reference_folder`)."""
     path = _evidence_folder(folder)
-    if path is None:
-        return None
     try:
         with (path / "results.csv").open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -150,7 +148,7 @@ def evidence_study(folder: str | Path | None = None) -> dict[str, Any] | None:
     when the training set size is not recorded) and ``folder``; None when it is absent."""
     path = _evidence_folder(folder)
     try:
-        study = json.loads((path / "study.json").read_text()) if path is not None else None
+        study = json.loads((path / "study.json").read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(study, dict):
@@ -164,12 +162,12 @@ def evidence_study(folder: str | Path | None = None) -> dict[str, Any] | None:
 
 
 def _default_aw_mode(model: str) -> str:
-    """What AWConv2d's mode is when the study does not set one (see convattn.models.resnet / attach)."""
-    from ...models.backbones import is_backbone_name
-    if is_backbone_name(model):
-        return "full_g where its grouped generator divides the conv, else full (attach default)"
-    return "full (CIFAR-ResNet default)" if model in CIFAR_MODELS \
-        else "full_g (ImageNet-ResNet default)"
+    """What AWConv2d's mode is when the study does not set one: the one rule (``default_aw_modes``) for the
+    model's first stage (a CIFAR ResNet's keeps the input resolution)."""
+    from ...layers.aw_conv import AW_DEFAULT_MODE_RULE, default_aw_modes
+    if model in CIFAR_MODELS:
+        return f"{default_aw_modes(1)[0]} (the default rule: {AW_DEFAULT_MODE_RULE})"
+    return " where it divides, else ".join(default_aw_modes(4)) + f" (the default rule: {AW_DEFAULT_MODE_RULE})"
 
 
 def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
@@ -178,12 +176,11 @@ def _module_lines(base: TrainConfig, variants: Sequence[str]) -> str:
     from ...layers import module_options
     names: dict[str, dict[str, Any]] = {}
     for v in variants:
-        parts = parse_variant(v)
-        for a in (parts["attn"] or "").split("+"):
-            if a and a != "none":
-                names.setdefault(a, base.attn_kwargs)
-        if parts["conv"] == "aw":
-            names.setdefault("aw", base.conv_kwargs)
+        plan = AttachPlan.parse(v)
+        for a in plan.attn_parts:
+            names.setdefault(a, base.attn_kwargs)
+        if plan.conv:
+            names.setdefault(plan.conv, base.conv_kwargs)
     lines = []
     for name, kwargs in names.items():
         opts = {k: repr(v) for k, v in module_options(name, kwargs).items()}
@@ -198,7 +195,7 @@ def study_recipe(cfg: CompareConfig, variants: Sequence[str]) -> TrainConfig:
     variants that have the module (see ``arm_config``) and refused when no variant has it."""
     train_kw = dict(cfg.train)
     attn_kwargs, conv_kwargs = train_kw.pop("attn_kwargs", None) or {}, train_kw.pop("conv_kwargs", None) or {}
-    parts = [parse_variant(v) for v in variants]
+    parts = [AttachPlan.parse(v).kwargs() for v in variants]
     if attn_kwargs and not any(p["attn"] for p in parts):
         raise ConfigError(f"attn_kwargs (--attn-kwargs) {attn_kwargs} configure an attention module, but none of the "
                           f"variants {', '.join(variants)} has one")
@@ -224,7 +221,7 @@ class ClassificationStudy:
 
     def __init__(self, cfg: CompareConfig, variants: Sequence[str]):
         self.cfg = cfg
-        self.variants = list(dict.fromkeys(["none", *variants]))
+        self.variants = [p.name for p in canonical_variants(variants)]  # one arm per canonical name
         self.base = study_recipe(cfg, self.variants)
         self.title = f"convattn compare: {cfg.model} on {self.base.data}"
 
@@ -259,8 +256,9 @@ class ClassificationStudy:
         """The evidence study's result per arm, when this study has its model and data (Fashion-MNIST, the
         embedded subset included) and module options, and is not the evidence study itself; else None."""
         ev = evidence_study()
-        if ev is None or Path(ev["folder"]).resolve() == Path(self.cfg.out).resolve():
-            return None
+        out = Path(self.cfg.out).resolve()
+        if ev is None or Path(ev["folder"]).resolve() == out or out.as_posix().endswith(EVIDENCE_STUDY.as_posix()):
+            return None  # the evidence study's own report does not read itself
         rec = ev.get("recipe", {})
         family = _DATA_FAMILY.get(rec.get("data"))
         if (ev.get("model") != self.cfg.model or family is None or family != _DATA_FAMILY.get(self.base.data)
@@ -273,8 +271,8 @@ class ClassificationStudy:
             return None
         size = f"{rec['train_size']:,} images" if rec.get("train_size") else "all training images"
         label = f"evidence study ({size} × {rec.get('epochs')} epochs)"
-        note = (f"* {label}: {EVIDENCE_STUDY.as_posix()}/results.csv of this repository, read when this report was "
-                f"written: the same model on {rec.get('data')} (validated on its test set), batch "
+        note = (f"* {label}: {EVIDENCE_STUDY.as_posix()}/results.csv of the convattn repository (shipped with the "
+                f"package), read when this report was written: the same model on {rec.get('data')} (validated on its test set), batch "
                 f"{rec.get('batch_size')}, " + (f"{ev['updates']:,} updates per run, " if ev["updates"] else "")
                 + f"seeds {ev.get('seeds')}; for `none` its baseline's top-1, for the other arms Δ vs its baseline "
                 "(Welch) and its verdict; \"not in it\": an arm it did not train.")
@@ -342,8 +340,11 @@ class ClassificationStudy:
         if not path.exists():
             return ""
         b = json.loads(path.read_text())
-        return (f" Sized to a {b['budget_min']:g}-minute budget on the machine that ran it (training images, then "
-                f"epochs, from each arm's measured cost per image; predicted {b['predicted_s'] / 60:.1f} min).")
+        lanes = b.get("lanes", 1)
+        par = (f" for {lanes} parallel runs x {b.get('threads')} thread{'s' if b.get('threads') != 1 else ''}"
+               if lanes > 1 else "")
+        return (f" Sized to a {b['budget_min']:g}-minute budget on the machine that ran it{par} (training images, "
+                f"then epochs, from each arm's measured cost per image; predicted {b['predicted_s'] / 60:.1f} min).")
 
     def notes(self) -> list[str]:
         return [
@@ -359,21 +360,38 @@ class ClassificationStudy:
             + _module_lines(self.base, self.variants)]
 
 
-def run_compare(cfg: CompareConfig, command: str | None = None) -> list[dict[str, Any]]:
+def run_compare(cfg: CompareConfig, command: str | None = None, executor: Any = None) -> list[dict[str, Any]]:
     """Run (or continue) the classification study of ``cfg`` (resolved by :func:`resolve_compare`: the CLI and
-    the API give the same study for the same arguments); see :func:`convattn.study.compare.run_study`."""
+    the API give the same study for the same arguments); see :func:`convattn.study.compare.run_study`.
+
+    ``executor``: where the runs execute: None or ``"local"`` (in this process, one after another), a name
+    (``"processes"``, ``"ray"``, ``"slurm"``), an :class:`~convattn.study.executors.ExecutorConfig`, or anything
+    with ``submit(fn, *args) -> Future`` (a ``concurrent.futures`` executor). A time budget is sized for the
+    executor's parallel runs and their threads."""
     cfg = resolve_compare(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     variants = [v.strip() for v in cfg.variants if v.strip()]
     study = ClassificationStudy(cfg, variants)
     out = Path(cfg.out)
-    sized_before = (out / BUDGET_FILE).exists()
-    if cfg.budget_sizes and (sized_before or (cfg.time_budget_min and not cfg.report_only)):
-        sized = size_study(study.base, study.variants, len(cfg.seeds), cfg.time_budget_min or 0.0, out,
-                           "train_size" in cfg.budget_sizes, "epochs" in cfg.budget_sizes, cfg.latency_batch)
-        sized = {k: v for k, v in sized.items() if k in cfg.budget_sizes}  # given options stay as given
-        if sized:
-            cfg = replace(cfg, train={**cfg.train, **sized})
-            study = ClassificationStudy(cfg, variants)
-    return run_study(study, variants, cfg.seeds, cfg.out, command, cfg.report_only)
+    runs = len(study.variants) * len(cfg.seeds)
+    if cfg.report_only:
+        return run_study(study, variants, cfg.seeds, cfg.out, command, True)
+    out.mkdir(parents=True, exist_ok=True)
+    with study_lock(out):  # the sizing too: two commands on one folder are refused before either measures
+        ex, threads, owned = as_executor(executor, runs, cfg.threads, out)
+        try:
+            sized_before = (out / BUDGET_FILE).exists()
+            if cfg.budget_sizes and (sized_before or cfg.time_budget_min):
+                lanes = max(1, min(int(getattr(ex, "lanes", 1)), runs))
+                sized = size_study(study.base, study.variants, len(cfg.seeds), cfg.time_budget_min or 0.0, out,
+                                   "train_size" in cfg.budget_sizes, "epochs" in cfg.budget_sizes,
+                                   cfg.latency_batch, lanes=lanes, threads=threads)
+                sized = {k: v for k, v in sized.items() if k in cfg.budget_sizes}  # given options stay as given
+                if sized:
+                    cfg = replace(cfg, train={**cfg.train, **sized})
+                    study = ClassificationStudy(cfg, variants)
+            return run_study(study, variants, cfg.seeds, cfg.out, command, False, ex, threads)
+        finally:
+            if owned:
+                ex.shutdown(wait=True)

@@ -18,6 +18,7 @@ from ...engine.checkpoint import CheckpointError, load_run_weights
 from ...engine.distributed import DistInfo
 from ...engine.run import RunConfig, build_sgd, check_settings, fill_preset, read_run, run_task, start_process, \
     write_run_info
+from ...models.plan import AttachPlan
 from ...optional import require
 from ...report import atomic_write_text, to_markdown
 from ...validate import ConfigError, option
@@ -109,7 +110,11 @@ def resolve(cfg: DetectConfig) -> DetectConfig:
     ms = d["milestones"] or []
     if any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in ms) or list(ms) != sorted(set(ms)):
         raise ConfigError(f"milestones (--milestones) must be increasing epochs >= 1, got {ms}")
-    if d["conv_kwargs"] and "aw" not in d["variant"].split("+"):
+    try:
+        d["variant"] = AttachPlan.parse(d["variant"]).name  # the canonical name (run folders, reports, resumption)
+    except ValueError as e:
+        raise ConfigError(f"variant (--variant) {d['variant']!r}: {e}") from None
+    if d["conv_kwargs"] and AttachPlan.parse(d["variant"]).conv != "aw":
         raise ConfigError(f"conv_kwargs (--conv-kwargs) configure AW-convolution, but variant {d['variant']!r} has none")
     return DetectConfig(**d)
 

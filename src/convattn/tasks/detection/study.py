@@ -72,6 +72,8 @@ class DetectionStudy:
 
 
 def compare_detection(base: DetectConfig, variants: Sequence[str], seeds: Sequence[int], out: str | Path,
-                      command: str | None = None, report_only: bool = False) -> list[dict[str, Any]]:
-    """Run (or continue) the detection study of ``base``'s recipe; see :func:`convattn.study.compare.run_study`."""
-    return run_study(DetectionStudy(base), variants, seeds, out, command, report_only)
+                      command: str | None = None, report_only: bool = False, executor: Any = None
+                      ) -> list[dict[str, Any]]:
+    """Run (or continue) the detection study of ``base``'s recipe; see :func:`convattn.study.compare.run_study`
+    (``executor``: where the runs execute, as for ``run_compare``)."""
+    return run_study(DetectionStudy(base), variants, seeds, out, command, report_only, executor, base.threads)

@@ -1,0 +1,76 @@
+"""A study through submitit, for real: its local executor runs every run as a job in its own subprocess (as Slurm
+would, without Slurm), and a run that gets the time-limit signal mid-training is checkpointed by submitit, requeued,
+and resumes from its last epoch checkpoint to the numbers of an uninterrupted run."""
+import json
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+pytest.importorskip("submitit")
+
+from convattn.study.executors import SlurmExecutor, _Requeueable  # noqa: E402
+from convattn.tasks.classification import CompareConfig, run_compare  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def _cfg(out, epochs):
+    return CompareConfig(variants=["eca"], seeds=[0], out=str(out), progress=False, threads=1, latency_repeats=2,
+                         latency_batch=8, time_budget_min=0,
+                         train=dict(train_size=96, epochs=epochs, batch_size=32, warmup_epochs=0.0,
+                                    deterministic=True, workers=0))
+
+
+def _numbers(out):
+    runs = {}
+    for p in sorted(out.glob("runs/*/seed*/final.json")):
+        final = json.loads(p.read_text())
+        runs[str(p.parent.relative_to(out))] = {k: v for k, v in final.items() if not k.endswith(("time_s", "per_s"))}
+    return runs
+
+
+def test_requeueable_run_resubmits_itself():
+    from submitit.helpers import DelayedSubmission
+    job = _Requeueable(max)
+    again = job.checkpoint(3, 5)
+    assert isinstance(again, DelayedSubmission) and again.args == (3, 5) and again.function(*again.args) == 5
+
+
+def test_timed_out_run_is_requeued_and_resumes(tmp_path):
+    ex = SlurmExecutor(tmp_path / "slurm", threads=1, cluster="local", time_min=30)
+    out = tmp_path / "study"
+    done = {}
+
+    def study():
+        try:
+            done["seeds"] = [r["seeds_done"] for r in run_compare(_cfg(out, epochs=4), executor=ex)]
+        except BaseException as e:  # noqa: BLE001 - reported below
+            done["error"] = repr(e)
+
+    t = threading.Thread(target=study)
+    t.start()
+    victim = None
+    while t.is_alive() and victim is None:  # a run past its first epoch checkpoint, not finished
+        for d in sorted(out.glob("runs/*/seed*")):
+            try:
+                info = json.loads((d / "run.json").read_text())
+                epoch = json.loads((d / "checkpoints" / "latest.json").read_text())["epoch"]
+            except (OSError, ValueError, KeyError):
+                continue
+            if info.get("state") == "running" and 1 <= epoch < 4:
+                victim = d
+                os.kill(info["pid"], signal.SIGUSR2)  # what Slurm sends before the time limit (and submitit's local
+                break  # controller sends at its own timeout)
+        time.sleep(0.05)
+    t.join(600)
+    assert done.get("seeds") == [1, 1], done
+    assert victim is not None
+    info = json.loads((victim / "run.json").read_text())
+    assert info["attempt"] == 2 and info["state"] == "done" and info["executor"] == "slurm"
+    assert len((victim / "metrics.jsonl").read_text().splitlines()) == 4
+    assert "Requeued job" in (victim / "log.txt").read_text()  # submitit's own line (the run's output goes there)
+    run_compare(_cfg(tmp_path / "local", epochs=4), executor="local")
+    assert _numbers(out) == _numbers(tmp_path / "local")  # as if the run had never been stopped
