@@ -19,7 +19,10 @@ __all__ = ["model_card", "read_run", "plain_of", "base_licence", "CITATIONS"]
 #: licences of the bases' code, where the base's own config does not say
 _LICENCES = {"convattn": "apache-2.0", "torchvision": "bsd-3-clause"}
 
-#: BibTeX of each module's paper (keyed by convattn's module names)
+#: BibTeX of each module's paper (keyed by convattn's module names). Pages checked in Dec 2026: SE against the
+#: CVPR paper's printed pages, coordinate attention against the CVF page, CBAM against ECVA's, GCT against its
+#: authors' README, ECA against published citations of the CVPR paper, AW-convolution against the Springer chapter
+#: (LNCS 12891). STEAM is an arXiv preprint (v1 2024, v2 2026).
 CITATIONS = {
     "se": "@inproceedings{hu2018squeeze,\n  title={Squeeze-and-Excitation Networks},\n  author={Hu, Jie and Shen, Li "
           "and Sun, Gang},\n  booktitle={Proceedings of the IEEE Conference on Computer Vision and Pattern "
@@ -45,7 +48,8 @@ CITATIONS = {
     "aw": "@inproceedings{zhu2021attention,\n  title={An Attention Module for Convolutional Neural Networks},\n  "
           "author={Zhu, Baozhou and Hofstee, Peter and Lee, Jinho and Al-Ars, Zaid},\n  booktitle={Artificial Neural "
           "Networks and Machine Learning -- ICANN 2021},\n  series={Lecture Notes in Computer Science},\n  "
-          "volume={12891},\n  year={2021},\n  note={arXiv:2108.08205}\n}",
+          "volume={12891},\n  pages={167--178},\n  year={2021},\n  doi={10.1007/978-3-030-86362-3_14},\n  "
+          "note={arXiv:2108.08205}\n}",
 }
 CITATIONS["ceca"] = CITATIONS["eca"]
 

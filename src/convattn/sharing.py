@@ -145,7 +145,7 @@ def _config(model: nn.Module, recipe: dict[str, Any], data_config: Mapping[str, 
                 model.__dict__.pop(k, None)
             model.__dict__.update(saved)
     from .data import IMAGENET_DATA_CFG
-    from .models.helpers import classifier_names
+    from .models.weights import classifier_names
     data = {**IMAGENET_DATA_CFG, **dict(data_config or {})}
     in_chans = getattr(model, "in_chans", None) or _first_conv(model).in_channels
     data["input_size"] = (in_chans, *tuple(data["input_size"])[-2:])

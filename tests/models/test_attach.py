@@ -11,7 +11,7 @@ from convattn import attach, create_model
 from convattn.layers import AttentionModule, eca_kernel_size
 from convattn.layers.contract import placement_stage_ends
 from convattn.models import VERIFIED_BACKBONES
-from convattn.models.helpers import added_keys
+from convattn.models.weights import added_keys
 from convattn.models.attach import BLOCK_RULES, ResidualScale, find_blocks, register_block
 STEAM_DEFAULT_BLOCKS = {4: {1: [-1], 2: [-1], 3: [-1, -2], 4: [-1]}, 3: {1: [-1], 2: [-1, -2], 3: [-1]}}
 from convattn.engine.optim import attention_parameter_names, param_groups

@@ -8,7 +8,7 @@ import torchvision
 
 from convattn import AttachPlan, attach, build_model, create_model
 from convattn.models import canonical_variants
-from convattn.models.helpers import added_keys
+from convattn.models.weights import added_keys
 from convattn.models.plan import SPEC_VERSION, _parse_variant_string
 from convattn.tasks.classification import CompareConfig, run_compare
 

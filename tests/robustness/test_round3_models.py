@@ -10,7 +10,7 @@ from torch import nn
 from convattn import attach, create_model
 from convattn.cli import main
 from convattn.models import load_pretrained
-from convattn.models.helpers import added_keys
+from convattn.models.weights import added_keys
 from convattn.models.backbones import load_state_file
 from _errors import one_line_error  # noqa: E402 - beside this file (pytest puts its folder on sys.path)
 

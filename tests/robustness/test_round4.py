@@ -227,6 +227,32 @@ def test_a_reopened_run_reads_its_data_settings_from_the_run(moved_run):
     assert list(bundle.mean) == stored["mean"] and list(bundle.std) == stored["std"]
 
 
+@pytest.mark.outcome("loss")
+@pytest.mark.parametrize("freeze", [[], ["--freeze-epochs", "1"]])
+def test_a_stopped_fine_tuning_run_resumes_after_its_weights_file_moved(tmp_path, capsys, freeze):
+    """Case 7, resume: a fine-tuning run stopped after epoch 1 resumed (``train`` again) only if the weights file it
+    started from was still there; now it resumes from its checkpoint and ``weights.json`` and ends with the numbers
+    of an uninterrupted run (also with the pretrained part frozen for the first epoch, which needs the file's
+    tensor list)."""
+    import json
+    path = _save(tmp_path / "w.safetensors", _plain_r20().state_dict())
+    args = ["train", "--model", "resnet20", "--variant", "se", "--pretrained-path", str(path), *_TRAIN,
+            "--epochs", "2", "--deterministic", *freeze]
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--out", str(tmp_path / "run"), "--stop-after", "1"]) == 0
+    stored = json.loads((tmp_path / "run" / "weights.json").read_text())
+    assert stored["path"] == str(path) and len(stored["loaded"]) > 0
+    path.rename(tmp_path / "elsewhere.safetensors")
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "run")]) == 0
+    assert "does not exist" not in capsys.readouterr().err
+
+    def numbers(run):
+        final = json.loads((tmp_path / run / "final.json").read_text())
+        return {k: v for k, v in final.items() if not k.endswith(("time_s", "per_s"))}
+    assert numbers("run") == numbers("whole")
+
+
 # --- tracebacks: 8. verify_attach on odd networks --------------------------------------------------------------------
 
 class _NoGrad(nn.Module):

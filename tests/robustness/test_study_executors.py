@@ -7,7 +7,6 @@ import shutil
 import signal
 import sys
 import threading
-import time
 
 import pytest
 
@@ -15,17 +14,18 @@ from convattn.cli import main
 from convattn.optional import MissingExtra
 from convattn.study.executors import ExecutorConfig
 from convattn.tasks.classification import CompareConfig, run_compare
+from _study_runs import wait_for_run_mid_training  # tests/
 
 SMALL = ["--variants", "eca", "--seeds", "2", "--train-size", "64", "--epochs", "1", "--batch-size", "32",
          "--threads", "1", "--time-budget", "0", "--quiet", "--latency-batch", "4"]
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--executor", "dask"], "executor (--executor) 'dask' is not an executor; valid: local, processes, ray, slurm"),
+    (["--executor", "dask"], "executor (--executor) 'dask' is not an executor; valid: auto, local, processes, ray, slurm"),
     (["--executor", "processes", "--workers", "0"], "workers (--workers) must be an integer >= 1, got 0"),
     (["--executor", "processes", "--workers", "5"], "workers (--workers) 5: the study has 4 runs (arms x seeds); "
                                                     "give at most 4"),
-    (["--workers", "2"], "workers (--workers) applies to --executor processes or ray, not local"),
+    (["--executor", "local", "--workers", "2"], "workers (--workers) applies to --executor processes or ray, not local"),
     (["--executor", "processes", "--devices", "0,1"], "devices (--devices) 0,1: 2 GPU(s) asked for (up to GPU 1), but "
                                                       "this machine has 0 CUDA device(s)"),
     (["--executor", "processes", "--devices", "a,b"], "give distinct GPU numbers separated by commas"),
@@ -95,19 +95,10 @@ def test_worker_killed_mid_run_resumes(tmp_path):
 
     t = threading.Thread(target=study)
     t.start()
-    victim = None
-    while t.is_alive() and victim is None:
-        for d in sorted(out.glob("runs/*/seed*")):
-            try:
-                info = json.loads((d / "run.json").read_text())
-                epoch = json.loads((d / "checkpoints" / "latest.json").read_text())["epoch"]
-            except (OSError, ValueError, KeyError):
-                continue
-            if info.get("state") == "running" and 1 <= epoch < 4:
-                victim = d
-                os.kill(info["pid"], signal.SIGKILL)
-                break
-        time.sleep(0.05)
+    caught = wait_for_run_mid_training(out, 4, t.is_alive)
+    assert caught is not None, done
+    victim, info, _ = caught
+    os.kill(info["pid"], signal.SIGKILL)
     t.join(600)
     assert done.get("seeds") == [1, 1], done
     info = json.loads((victim / "run.json").read_text())

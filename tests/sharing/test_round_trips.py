@@ -260,3 +260,43 @@ def test_export_hf_format(tmp_path, capsys):
     _assert_same(m, load_folder(paths["hf"]), 32)
     assert main(["export", "--model", "resnet20", "--variant", "cbam", "--formats", "hf", "--out", str(tmp_path)]) == 0
     assert "hf: " in capsys.readouterr().out and (tmp_path / "resnet20_cbam_hf" / "README.md").is_file()
+
+
+# --- timm's features_only on a shared folder ---
+
+def _stage_outputs(model, names, x):
+    """The outputs of the modules ``names`` of ``model`` on ``x``, read by forward hooks (an oracle independent of
+    timm's feature wrappers)."""
+    got, mods = {}, dict(model.named_modules())
+    handles = [mods[n].register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)) for n in names]
+    with torch.no_grad():
+        model.eval()(x)
+    for h in handles:
+        h.remove()
+    return [got[n] for n in names]
+
+
+@pytest.mark.parametrize("writer", ["timm", "convattn"])
+@pytest.mark.parametrize("base, variant, size", [("timm:resnet18d", "cbam", 64), ("resnet20", "se", 32)])
+def test_features_only_from_a_shared_folder(base, variant, size, writer, tmp_path):
+    """``timm.create_model("local-dir:DIR", features_only=True, out_indices=...)`` on a folder of an attached network:
+    the feature maps of the attached network (with its modules and weights), at the stages asked for."""
+    if base.startswith("timm:"):
+        m = AttachPlan.parse(variant).apply(timm.create_model(base[5:], num_classes=10))
+    else:
+        m = create_model(base, variant=variant, num_classes=10)
+    folder = tmp_path / "shared"
+    if writer == "timm":
+        timm.models.save_for_hf(m, folder, safe_serialization=True)
+    else:
+        save_pretrained(m, folder, check_size=size)
+    idx = (1, 2, 3)
+    feats = timm.create_model(f"local-dir:{folder}", pretrained=True, features_only=True, out_indices=idx).eval()
+    assert sum(n.endswith(".attn") for n, _ in feats.named_modules()) > 0  # the attention came along
+    names = [m.feature_info[i]["module"] for i in idx]
+    assert feats.feature_info.module_name() == names
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        got = feats(x)
+    for a, b in zip(_stage_outputs(m, names, x), got):
+        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-6, rtol=1e-5)

@@ -13,6 +13,7 @@ import pytest
 from convattn.cli import main
 from convattn.engine.checkpoint import RunInUseError
 from convattn.study.compare import RunsFailed
+from convattn.study import executors
 from convattn.study.executors import ExecutorConfig, LocalExecutor, ProcessExecutor, make_executor
 from convattn.tasks.classification import CompareConfig, run_compare
 
@@ -124,8 +125,43 @@ def test_executor_resolution():
     ex = make_executor(ExecutorConfig(executor="processes", workers=2), runs=6)
     assert isinstance(ex, ProcessExecutor) and ex.lanes == 2 and ex.threads == max(1, len(os.sched_getaffinity(0)) // 2)
     assert make_executor(ExecutorConfig(executor="processes", workers=2), runs=6, threads=3).threads == 3
-    assert isinstance(make_executor(ExecutorConfig(), runs=6), LocalExecutor)
+    assert isinstance(make_executor(ExecutorConfig(executor="local"), runs=6), LocalExecutor)
     assert LocalExecutor().submit(lambda: 1 / 0).exception().__class__ is ZeroDivisionError
+
+
+def test_processes_default_to_one_one_thread_worker_per_core(monkeypatch):
+    monkeypatch.setattr(executors, "_cpu_count", lambda: 4)
+    ex = make_executor(ExecutorConfig(executor="processes"), runs=18)
+    assert (ex.lanes, ex.threads) == (4, 1)
+    assert make_executor(ExecutorConfig(executor="processes"), runs=3).lanes == 3  # at most one per run
+    ex = make_executor(ExecutorConfig(executor="processes"), runs=18, threads=2)
+    assert (ex.lanes, ex.threads) == (2, 2)
+
+
+@pytest.mark.parametrize("cores, cuda, parallel, sized, want", [
+    (2, False, True, None, ("processes", 2)),  # the measured case: the budgeted default study on 2 cores
+    (8, False, True, None, ("processes", 6)),  # one per core, at most one per run (6 runs)
+    (1, False, True, None, ("local", None)),
+    (2, True, True, None, ("local", None)),  # runs use the GPU one at a time
+    (2, False, False, None, ("local", None)),  # a study whose recipe is given: not what was measured
+    (2, False, True, 1, ("local", None)),  # a resumed study sized for one run at a time stays so
+    (1, False, True, 2, ("processes", 2)),  # ... and one sized for two parallel runs too
+])
+def test_auto_executor(monkeypatch, cores, cuda, parallel, sized, want):
+    import torch
+    monkeypatch.setattr(executors, "_cpu_count", lambda: cores)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cfg, reason = executors.resolve_auto(ExecutorConfig(), runs=6, threads=None, parallel=parallel, sized_lanes=sized)
+    assert (cfg.executor, cfg.workers) == want
+    assert ExecutorConfig().executor == "auto" and (reason.startswith("auto: ") or not parallel)
+    ex = make_executor(ExecutorConfig(), runs=6, parallel=parallel, sized_lanes=sized)
+    assert ex.name == want[0] and ex.auto_reason == reason
+    assert isinstance(make_executor(ExecutorConfig(), runs=6), LocalExecutor)  # not resolved for a pool: local
+
+
+def test_auto_executor_with_workers_or_devices_is_a_pool():
+    cfg, _ = executors.resolve_auto(ExecutorConfig(workers=2), runs=6, threads=None, parallel=False)
+    assert (cfg.executor, cfg.workers) == ("processes", 2)
 
 
 def test_budget_spreads_runs_over_lanes():

@@ -4,6 +4,7 @@ loses nothing: its run is retried on the other node, resumes from its last epoch
 numbers of an uninterrupted run. Ray only ever runs inside a loopback-only network namespace (``_ray_netns``)."""
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ pytest.importorskip("ray")
 from _ray_netns import GUARD, isolation, run_isolated  # noqa: E402 - beside this file
 
 from convattn.tasks.classification import CompareConfig, run_compare  # noqa: E402
+
+TESTS = Path(__file__).resolve().parents[1]  # where _study_runs lives, for the driver
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(isolation()[0] is None, reason=f"Ray tests need a loopback-only namespace: "
@@ -67,9 +70,11 @@ def test_ray_local_cluster_gives_the_sequential_results(tmp_path):
 
 
 NODE_LOSS = """
-    import json, sys, threading, time
+    import json, sys, threading
     from pathlib import Path
     import ray
+    sys.path.insert(0, sys.argv[2])
+    from _study_runs import wait_for_run_mid_training
     from ray.cluster_utils import Cluster
     from convattn.study.executors import RayExecutor
     from convattn.tasks.classification import CompareConfig, run_compare
@@ -94,18 +99,8 @@ NODE_LOSS = """
 
         t = threading.Thread(target=study)
         t.start()
-        victim = None
-        while t.is_alive() and victim is None:  # a run past its first epoch checkpoint, not finished
-            for d in sorted(out.glob("runs/*/seed*")):
-                try:
-                    info = json.loads((d / "run.json").read_text())
-                    epoch = json.loads((d / "checkpoints" / "latest.json").read_text())["epoch"]
-                except (OSError, ValueError, KeyError):
-                    continue
-                if info.get("state") == "running" and 1 <= epoch < epochs:
-                    victim = (str(d.relative_to(out)), info["node"], epoch)
-                    break
-            time.sleep(0.05)
+        caught = wait_for_run_mid_training(out, epochs, t.is_alive)  # past its first epoch checkpoint
+        victim = (str(caught[0].relative_to(out)), caught[1]["node"], caught[2])
         node = next(n for n in nodes if n.node_id == victim[1])
         cluster.remove_node(node, allow_graceful=False)  # as a machine that goes away
         t.join()
@@ -119,7 +114,7 @@ NODE_LOSS = """
 
 def test_ray_node_lost_mid_study_its_run_is_retried_and_resumes(tmp_path):
     cfg = _cfg(tmp_path / "ray", epochs=4, seeds=[0])
-    res = _result(run_isolated(_driver(tmp_path, NODE_LOSS), json.dumps(cfg), timeout=900))
+    res = _result(run_isolated(_driver(tmp_path, NODE_LOSS), json.dumps(cfg), str(TESTS), timeout=900))
     print("node loss:", res)  # (-s shows which run lost its node after which epoch)
     assert res.get("seeds") == [1, 1], res
     assert res["attempt"] == 2 and res["node_after"] != res["lost"]  # retried once, on the other node

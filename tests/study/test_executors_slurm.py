@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import threading
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ pytest.importorskip("submitit")
 
 from convattn.study.executors import SlurmExecutor, _Requeueable  # noqa: E402
 from convattn.tasks.classification import CompareConfig, run_compare  # noqa: E402
+from _study_runs import wait_for_run_mid_training  # noqa: E402 - tests/
 
 pytestmark = pytest.mark.slow
 
@@ -52,22 +52,13 @@ def test_timed_out_run_is_requeued_and_resumes(tmp_path):
 
     t = threading.Thread(target=study)
     t.start()
-    victim = None
-    while t.is_alive() and victim is None:  # a run past its first epoch checkpoint, not finished
-        for d in sorted(out.glob("runs/*/seed*")):
-            try:
-                info = json.loads((d / "run.json").read_text())
-                epoch = json.loads((d / "checkpoints" / "latest.json").read_text())["epoch"]
-            except (OSError, ValueError, KeyError):
-                continue
-            if info.get("state") == "running" and 1 <= epoch < 4:
-                victim = d
-                os.kill(info["pid"], signal.SIGUSR2)  # what Slurm sends before the time limit (and submitit's local
-                break  # controller sends at its own timeout)
-        time.sleep(0.05)
+    caught = wait_for_run_mid_training(out, 4, t.is_alive)  # past its first epoch checkpoint, not finished
+    assert caught is not None, done
+    victim, info, _ = caught
+    # what Slurm sends before the time limit (and submitit's local controller sends at its own timeout)
+    os.kill(info["pid"], signal.SIGUSR2)
     t.join(600)
     assert done.get("seeds") == [1, 1], done
-    assert victim is not None
     info = json.loads((victim / "run.json").read_text())
     assert info["attempt"] == 2 and info["state"] == "done" and info["executor"] == "slurm"
     assert len((victim / "metrics.jsonl").read_text().splitlines()) == 4

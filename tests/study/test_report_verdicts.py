@@ -29,7 +29,7 @@ class CurveStudy:
     def __init__(self, last_gain, reference=None, updates=40):
         self.last_gain, self._reference, self._updates = last_gain, reference, updates
 
-    def identity(self):
+    def fixed_settings(self):
         return {"model": "toy"}
 
     def recipe(self):

@@ -26,7 +26,7 @@ class ToyStudy:
         self._recipe = recipe or {"lr": 0.1}
         self.trained = []
 
-    def identity(self):
+    def fixed_settings(self):
         return {"model": "toy"}
 
     def recipe(self):

@@ -97,7 +97,7 @@ def load_weights(path: str | os.PathLike, model: nn.Module, what: str = "model")
         sd = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a readable safetensors file ({e}); it may be truncated or corrupt") from e
-    from ..models.helpers import upgrade_keys
+    from ..models.weights import upgrade_keys
     sd = upgrade_keys(model, sd)  # run folders of older versions (documented key maps)
     own = model.state_dict()
     missing = [k for k in own if k not in sd]

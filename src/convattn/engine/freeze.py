@@ -28,9 +28,9 @@ def _param_names(prefix: str, module: nn.Module) -> set[str]:
 
 
 def head_parameter_names(model: nn.Module) -> set[str]:
-    """The classifier head's parameters (the modules :func:`convattn.models.helpers.classifier_names` names: the
+    """The classifier head's parameters (the modules :func:`convattn.models.weights.classifier_names` names: the
     one a weights file may leave out when its class count differs)."""
-    from ..models.helpers import classifier_names
+    from ..models.weights import classifier_names
     modules = dict(model.named_modules())
     return set().union(*(_param_names(n, modules[n]) for n in classifier_names(model)))
 

@@ -61,23 +61,23 @@ class RunState:
 
 
 def settings_diff(saved: dict[str, Any], now: dict[str, Any], keys: Sequence[str]) -> list[str]:
-    """``"key: old -> new"`` for every identity setting a checkpoint was made with that differs now."""
+    """``"key: old -> new"`` for every resume setting (``keys``) a checkpoint was made with that differs now."""
     return [f"{k}: {saved[k]!r} -> {now.get(k)!r}" for k in keys if k in saved and saved[k] != now.get(k)]
 
 
-def resume_run(ckpt_root: Path, settings: dict[str, Any], identity_keys: Sequence[str], model: nn.Module,
+def resume_run(ckpt_root: Path, settings: dict[str, Any], resume_keys: Sequence[str], model: nn.Module,
                opt: torch.optim.Optimizer, sched: Any = None, scaler: Any = None, ema: nn.Module | None = None
                ) -> RunState:
     """Load the latest checkpoint under ``ckpt_root`` (if any) into the training objects.
 
-    A checkpoint made with other values of ``identity_keys`` (model, data, schedule, seed, ...) is refused with
+    A checkpoint made with other values of ``resume_keys`` (model, data, schedule, seed, ...) is refused with
     every difference named: resuming it would silently continue another experiment.
     """
     last = latest_checkpoint(ckpt_root)
     if last is None:
         return RunState()
     state, meta = load_checkpoint(last, model, ema)
-    diff = settings_diff(meta.get("config", {}), settings, identity_keys)
+    diff = settings_diff(meta.get("config", {}), settings, resume_keys)
     if diff:
         raise CheckpointError(f"{last} belongs to a run with different settings ({', '.join(diff)}); "
                               "use another --out or --no-resume")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, TypeVar
@@ -24,7 +25,7 @@ from .common import seed_all
 from .distributed import DistInfo, distributed_session
 from .optim import check_attn_lr_mult, check_wd_exclude, param_groups
 
-__all__ = ["RunConfig", "COMMON_RANGES", "COMMON_IDENTITY_KEYS", "AMP_MODES", "fill_preset", "check_settings",
+__all__ = ["RunConfig", "COMMON_RANGES", "COMMON_RESUME_KEYS", "AMP_MODES", "fill_preset", "check_settings",
            "run_task", "start_process", "write_run_info", "build_sgd", "read_run"]
 
 AMP_MODES = ("none", "bf16", "fp16")
@@ -34,8 +35,8 @@ COMMON_RANGES: tuple[tuple[str, dict[str, Any]], ...] = (
     ("seed", dict(lo=0, integer=True)), ("workers", dict(lo=0, integer=True)),
     ("threads", dict(lo=1, integer=True, optional=True)), ("stop_after", dict(lo=1, integer=True, optional=True)),
 )
-# settings of every task that a resumed run must agree on; a task adds its own (RunConfig.IDENTITY_KEYS)
-COMMON_IDENTITY_KEYS = ("seed", "attn_lr_mult")
+# settings of every task that a resumed run must agree on; a task adds its own (RunConfig.RESUME_KEYS)
+COMMON_RESUME_KEYS = ("seed", "attn_lr_mult")
 
 
 @dataclass
@@ -48,7 +49,7 @@ class RunConfig:
 
     COMMAND: ClassVar[str] = ""  # the command that writes the task's run folders (named in errors)
     RANGES: ClassVar[tuple[tuple[str, dict[str, Any]], ...]] = ()  # the task's own numeric fields
-    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = ()  # the task's own settings a resumed run must agree on
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = ()  # the task's own settings a resumed run must agree on
 
     wd_exclude: str = option("declared", "no weight decay on: nothing / module-declared params (GCT beta) / also "
                              "norms and biases", ["none", "declared", "norm_bias"])
@@ -65,9 +66,15 @@ class RunConfig:
     stop_after: int | None = option(None, "end this call after that epoch (time-sliced jobs); rerun to continue")
 
     @classmethod
-    def identity_keys(cls) -> tuple[str, ...]:
+    def resume_keys(cls) -> tuple[str, ...]:
         """Every setting a resumed run must agree on with its checkpoint."""
-        return tuple(dict.fromkeys(cls.IDENTITY_KEYS + COMMON_IDENTITY_KEYS))
+        return tuple(dict.fromkeys(cls.RESUME_KEYS + COMMON_RESUME_KEYS))
+
+    @classmethod
+    def identity_keys(cls) -> tuple[str, ...]:
+        """Deprecated name of :meth:`resume_keys` (the identity of ``--identity`` is the identity start)."""
+        warnings.warn("identity_keys() is now resume_keys()", DeprecationWarning, stacklevel=2)
+        return cls.resume_keys()
 
 
 def fill_preset(d: dict[str, Any], values: dict[str, Any]) -> None:

@@ -85,7 +85,7 @@ class YoloStudy:
 
     # --- recipe ---
 
-    def identity(self) -> dict[str, Any]:
+    def fixed_settings(self) -> dict[str, Any]:
         return {}
 
     def recipe(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 from .attach import AttachReport, attach, register_block
 from .backbones import VERIFIED_BACKBONES
 from .build import build_model, create_backbone
-from .helpers import LoadReport, load_pretrained
+from .weights import LoadReport, load_pretrained
 from .registry import (CIFAR_MODELS, COMPARE_VARIANTS, DEFAULT_VARIANTS, IMAGENET_MODELS, Variant, create_model, default_data_cfg,
                        list_models, model_entrypoint, parse_variant, register_model)
 from .plan import AttachPlan, canonical_variants

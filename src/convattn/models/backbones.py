@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..layers.helpers import first_conv
-from .helpers import LoadReport, load_pretrained
+from .weights import LoadReport, load_pretrained
 from .hub import folder_state_dict, is_shared_folder
 
 __all__ = ["VERIFIED_BACKBONES", "BACKBONE_LIBRARIES", "is_backbone_name", "build_plain_backbone", "load_state_file",

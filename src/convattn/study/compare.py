@@ -47,7 +47,7 @@ class StudyTask(Protocol):
     title: str  # report heading
     metrics: Sequence[Metric]  # the first is the primary one: verdict, plots, stacked-arm table
 
-    def identity(self) -> dict[str, Any]:
+    def fixed_settings(self) -> dict[str, Any]:
         """study.json keys besides the recipe that a folder's study may not change (e.g. the model)."""
 
     def recipe(self) -> dict[str, Any]:
@@ -146,16 +146,18 @@ def study_lock(out: str | Path) -> Iterator[None]:
             del _HELD[key]
 
 
-def as_executor(executor: Any, runs: int, threads: int | None, out: str | Path) -> tuple[Any, int | None, bool]:
+def as_executor(executor: Any, runs: int, threads: int | None, out: str | Path, parallel: bool = False,
+                sized_lanes: int | None = None) -> tuple[Any, int | None, bool]:
     """(executor, torch threads per run, whether the study owns it and shuts it down) for ``executor``: None or a
-    name (``local``, ``processes``, ``ray``, ``slurm``), an :class:`ExecutorConfig`, or anything with ``submit``
-    (a ``concurrent.futures`` executor; its runs take ``threads`` threads)."""
+    name (``local``, ``processes``, ``ray``, ``slurm``, ``auto``: see :func:`~convattn.study.executors.resolve_auto`
+    for ``parallel`` and ``sized_lanes``), an :class:`ExecutorConfig`, or anything with ``submit`` (a
+    ``concurrent.futures`` executor; its runs take ``threads`` threads)."""
     if executor is None:
         executor = "local"
     if isinstance(executor, str):
         executor = ExecutorConfig(executor=executor)
     if isinstance(executor, ExecutorConfig):
-        ex = make_executor(executor, runs, threads, out)
+        ex = make_executor(executor, runs, threads, out, parallel, sized_lanes)
         return ex, getattr(ex, "threads", threads), True
     if not callable(getattr(executor, "submit", None)):
         raise TypeError(f"executor must be a name, an ExecutorConfig or have submit(fn, *args), got {executor!r}")
@@ -243,6 +245,8 @@ def run_study(task: StudyTask, variants: Sequence[str], seeds: Sequence[int], ou
         failures: list[dict[str, Any]] = []
         try:
             label = ex.describe() if callable(getattr(ex, "describe", None)) else type(ex).__name__
+            if getattr(ex, "auto_reason", ""):
+                label += f"; {ex.auto_reason}"
             if todo:
                 epochs = getattr(getattr(task, "base", None), "epochs", None)
                 progress = StudyProgress(units, todo, epochs, getattr(ex, "lanes", 1), label)
@@ -259,7 +263,7 @@ def _study_record(task: StudyTask, variants: list[str], seeds: Sequence[int], co
     env = environment()
     if executor:
         env["executor"] = executor
-    return dict(task=task.name, **task.identity(), variants=variants, seeds=list(seeds), recipe=task.recipe(),
+    return dict(task=task.name, **task.fixed_settings(), variants=variants, seeds=list(seeds), recipe=task.recipe(),
                 command=command or "convattn " + shlex.join(sys.argv[1:]), environment=env)
 
 
@@ -267,7 +271,7 @@ def _report_start(task: StudyTask, variants: list[str], seeds: Sequence[int], ou
                   executor: str | None) -> None:
     """``study.json`` written (or checked against the folder's study) before the first run."""
     check_study(out, _study_record(task, variants, seeds, command, executor), task.recipe_defaults(),
-                identity=("task", *task.identity()))
+                fixed=("task", *task.fixed_settings()))
 
 
 def _report(task: StudyTask, variants: list[str], seeds: Sequence[int], out: Path, command: str | None,
@@ -281,7 +285,7 @@ def _report(task: StudyTask, variants: list[str], seeds: Sequence[int], out: Pat
         stored = json.loads((out / "study.json").read_text())
         study["command"] = stored.get("command", study["command"])
         study["environment"] = stored.get("environment", study["environment"])  # where the runs ran, not the report
-    check_study(out, study, task.recipe_defaults(), identity=("task", *task.identity()))
+    check_study(out, study, task.recipe_defaults(), fixed=("task", *task.fixed_settings()))
     results: Results = {v: [] for v in variants}
     from_csv = report_only and not any((out / "runs").glob("*/seed*/final.json")) and (out / "runs.csv").exists()
     if from_csv:  # a study folder kept without its run folders (as committed): the runs as runs.csv recorded them

@@ -22,7 +22,7 @@ import contextlib
 import os
 import shutil
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
 
@@ -33,17 +33,19 @@ __all__ = ["EXECUTORS", "ExecutorConfig", "Executor", "LocalExecutor", "ProcessE
            "SlurmExecutor", "make_executor", "run_unit", "error_line", "check_executor", "resolve_lanes", "RUN_INFO",
            "RUN_LOG", "RUN_ERROR"]
 
-EXECUTORS = ("local", "processes", "ray", "slurm")
+EXECUTORS = ("auto", "local", "processes", "ray", "slurm")
 
 
 @dataclass
 class ExecutorConfig:
     """Where the runs of a study execute (``convattn compare --executor ...``)."""
 
-    executor: str = option("local", "where runs execute: local (in this process, one after another), processes "
-                           "(a local process pool), ray (Ray tasks), slurm (submitit job array)")
+    executor: str = option("auto", "where runs execute: local (in this process, one after another), processes "
+                           "(a local process pool), ray (Ray tasks), slurm (submitit job array); auto: processes "
+                           "for a classification study sized by its time budget on a CPU with 2 or more cores (one "
+                           "1-thread worker per core), else local")
     workers: int | None = option(None, "runs in parallel (processes, ray); default: one per --devices GPU, else "
-                                 "one per 2 cores")
+                                 "one per core")
     devices: str | None = option(None, "GPUs, one per worker, e.g. 0,1,2,3 (CUDA_VISIBLE_DEVICES of each worker)")
     ray_address: str | None = option(None, "Ray cluster to join: auto, ray://host:port (default: start a local one)")
     gpus_per_run: int | None = option(None, "ray/slurm: GPUs each run asks for (default: 1 when CUDA is available, "
@@ -376,6 +378,36 @@ def check_executor(cfg: ExecutorConfig, runs: int) -> None:
         raise ConfigError(f"ray_address (--ray-address) applies to --executor ray, not {cfg.executor}")
 
 
+def resolve_auto(cfg: ExecutorConfig, runs: int, threads: int | None, parallel: bool,
+                 sized_lanes: int | None = None) -> tuple[ExecutorConfig, str]:
+    """What ``--executor auto`` (the command's default) runs on, and why. ``parallel``: the study is one whose
+    choice was measured (a classification study sized by its time budget). Then, on a machine without CUDA that
+    has 2 or more cores: a process pool of one ``threads``-thread worker (default 1) per core, at most one per run
+    (on 2 cores the default study's 18 runs took 555 s on 2 workers x 1 thread against 650 s in one 2-thread
+    process; docs/scale.md). Otherwise ``local``. ``sized_lanes``: the parallel runs a resumed study's budget was
+    sized for, kept. ``--workers`` or ``--devices`` given: a pool."""
+    if cfg.executor != "auto":
+        return cfg, ""
+    if cfg.workers is not None or cfg.devices is not None:
+        return replace(cfg, executor="processes"), "auto: --workers/--devices given"
+    if sized_lanes is not None:
+        lanes = min(int(sized_lanes), runs)
+        if lanes <= 1:
+            return replace(cfg, executor="local"), "auto: the study was sized for one run at a time"
+        return replace(cfg, executor="processes", workers=lanes), f"auto: the study was sized for {lanes} parallel runs"
+    if not parallel:
+        return replace(cfg, executor="local"), ""
+    import torch
+    if torch.cuda.is_available():
+        return replace(cfg, executor="local"), "auto: a CUDA device (runs use it one at a time)"
+    cores = _cpu_count()
+    lanes = min(runs, cores // (threads or 1))
+    if lanes < 2:
+        return replace(cfg, executor="local"), f"auto: {cores} core{'s' if cores != 1 else ''}"
+    return (replace(cfg, executor="processes", workers=lanes),
+            f"auto: {cores} cores, one {threads or 1}-thread run per core (faster than one process with every core)")
+
+
 def resolve_lanes(cfg: ExecutorConfig, runs: int, threads: int | None) -> tuple[int, int, list[str]]:
     """(parallel runs, torch threads per run, GPUs) of ``cfg`` for a study of ``runs`` runs: ``threads`` when
     given, else the cores split evenly between the parallel runs."""
@@ -386,20 +418,31 @@ def resolve_lanes(cfg: ExecutorConfig, runs: int, threads: int | None) -> tuple[
         return 1, threads or torch.get_num_threads(), []
     if cfg.executor == "slurm":
         return min(cfg.slurm_array_parallelism, runs), threads or cfg.slurm_cpus_per_run or 8, []
-    workers = cfg.workers or (len(devices) if devices else max(1, min(runs, _cpu_count() // 2)))
+    workers = cfg.workers or (len(devices) if devices else max(1, min(runs, _cpu_count() // (threads or 1))))
     if devices and workers > len(devices):
         raise ConfigError(f"workers (--workers) {workers}: one GPU per worker, but --devices names {len(devices)}")
     return workers, threads or max(1, _cpu_count() // workers), devices
 
 
-def make_executor(cfg: ExecutorConfig, runs: int, threads: int | None = None, out: str | Path = ".") -> Any:
+def make_executor(cfg: ExecutorConfig, runs: int, threads: int | None = None, out: str | Path = ".",
+                  parallel: bool = False, sized_lanes: int | None = None) -> Any:
     """The executor ``cfg`` names for a study of ``runs`` runs in ``out`` (``threads``: torch threads per run,
-    None to split the cores); a missing extra is one line naming it (``[ray]``, ``[slurm]``)."""
+    None to split the cores); ``auto`` is resolved by :func:`resolve_auto` with ``parallel`` and ``sized_lanes``,
+    and the executor's ``auto_reason`` says why. A missing extra is one line naming it (``[ray]``, ``[slurm]``)."""
+    cfg, reason = resolve_auto(cfg, runs, threads, parallel, sized_lanes)
     lanes, per_run, devices = resolve_lanes(cfg, runs, threads)
     if cfg.executor == "local":
-        return LocalExecutor(threads)
-    if cfg.executor == "processes":
-        return ProcessExecutor(lanes, per_run, devices)
+        ex: Any = LocalExecutor(threads)
+    elif cfg.executor == "processes":
+        ex = ProcessExecutor(lanes, per_run, devices)
+    else:
+        ex = _cluster_executor(cfg, lanes, per_run, out)
+    ex.auto_reason = reason
+    return ex
+
+
+def _cluster_executor(cfg: ExecutorConfig, lanes: int, per_run: int, out: str | Path) -> Any:
+    """The Ray or Slurm executor of ``cfg``."""
     gpus = cfg.gpus_per_run
     if gpus is None:
         import torch

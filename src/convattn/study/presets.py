@@ -277,8 +277,10 @@ def _executor_label(executor: Any) -> str:
     if not hasattr(executor, "executor"):
         return type(executor).__name__
     e = executor.executor
+    if e == "auto" and (executor.workers is not None or executor.devices is not None):
+        e = "processes"  # (auto is local for a named study otherwise: resolve_auto)
     if e == "processes":
-        return f"processes ({executor.workers or 'one per 2 cores'} workers" + (
+        return f"processes ({executor.workers or 'one per core'} workers" + (
             f", GPUs {executor.devices})" if executor.devices else ")")
     if e == "ray":
         return f"ray ({executor.ray_address or 'a local cluster'})"

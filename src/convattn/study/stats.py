@@ -28,9 +28,9 @@ def slug(variant: str) -> str:
     return AttachPlan.parse(variant).name.replace("+", "_").replace("@", "-")
 
 
-def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], identity: Sequence[str] = ("model",)
+def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], fixed: Sequence[str] = ("model",)
                 ) -> None:
-    """Write ``study.json``; refuse a folder whose study has another recipe or ``identity`` values (task, model).
+    """Write ``study.json``; refuse a folder whose study has another recipe or other values of the ``fixed`` settings (task, model).
 
     A setting the stored study predates counts as its value in ``defaults``, so that older studies keep resuming;
     a study stored before the task was recorded is a classification study.
@@ -40,11 +40,11 @@ def check_study(out: Path, study: dict[str, Any], defaults: dict[str, Any], iden
         old = json.loads(p.read_text())
         keys = sorted(set(study["recipe"]) | set(old.get("recipe", {})))
         was, now = ({k: r.get(k, defaults.get(k)) for k in keys} for r in (old.get("recipe", {}), study["recipe"]))
-        was.update({k: old.get(k, "classification" if k == "task" else None) for k in identity})
-        now.update({k: study[k] for k in identity})
-        differ = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in dict.fromkeys([*keys, *identity]) if was[k] != now[k]]
+        was.update({k: old.get(k, "classification" if k == "task" else None) for k in fixed})
+        now.update({k: study[k] for k in fixed})
+        differ = [f"{k}: {was[k]!r} -> {now[k]!r}" for k in dict.fromkeys([*keys, *fixed]) if was[k] != now[k]]
         if differ:
-            raise ValueError(f"{out} holds a study with another recipe or {'/'.join(identity)} ({', '.join(differ)}); "
+            raise ValueError(f"{out} holds a study with another recipe or {'/'.join(fixed)} ({', '.join(differ)}); "
                              "use a new --out folder (finished runs are never overwritten)")
     atomic_write_text(p, json.dumps(study, indent=2))
 

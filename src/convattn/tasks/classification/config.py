@@ -117,7 +117,7 @@ class TrainConfig(RunConfig):
         ("keep_last", dict(lo=1, integer=True)), ("freeze_epochs", dict(lo=-1, integer=True)),
     )
     # what must agree between a run and the checkpoint it resumes from (with seed and attn_lr_mult)
-    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = (
         "model", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "image_size", "epochs", "batch_size",
         "lr", "schedule", "milestones", "weight_decay", "ema", "identity", "freeze_epochs", "hflip", "bn_eval")
 

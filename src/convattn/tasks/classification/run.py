@@ -7,7 +7,7 @@ completed epoch, DistributedDataParallel under torchrun (gloo on CPU, nccl on CU
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from ...data import DataBundle
-from ...engine import Loop, RunState, create_scheduler, resume_run, wrap_model
+from ...engine import Loop, RunState, create_scheduler, latest_checkpoint, resume_run, wrap_model
 from ...engine.common import check_finite
 from ...engine.distributed import DistInfo
 from ...engine.freeze import Freeze, new_parameter_names
 from ...engine.run import build_sgd, run_task, start_process, write_run_info
+from ...models import LoadReport
 from ...report import atomic_write_text, save_figure
 from .config import TrainConfig, resolve_with_notes
 from .evaluation import evaluate, evaluate_run, load_run, recalibrate_bn
@@ -28,6 +29,10 @@ from .model import build_model, data_for, describe_run
 
 __all__ = ["train", "evaluate", "evaluate_run", "load_run", "build_model", "data_for", "describe_run",
            "recalibrate_bn", "ClassificationTask"]
+
+#: A fine-tuning run's record of its weights file as it started (the path and the load report: the tensors it
+#: filled, the head zeroed); a resumed run reads it instead of the file.
+WEIGHTS_JSON = "weights.json"
 
 
 def _plot_curves(rows: list[dict[str, Any]], path: Path, title: str) -> None:
@@ -119,16 +124,26 @@ def _train(cfg: TrainConfig, info: DistInfo, notes: list[str] | None = None) -> 
     out = Path(cfg.out)
     start_process(cfg, cfg.deterministic)
     device = info.device
-    data = data_for(cfg, cfg.batch_size, cfg.eval_batch_size, info.rank, info.world_size)
+    started = _started_from(cfg, out)  # a resumed fine-tuning run: what it read from its weights file at the start
+    data = data_for(cfg, cfg.batch_size, cfg.eval_batch_size, info.rank, info.world_size,
+                    run_info=started[0] if started else None)
     if info.is_main:
         for line in describe_run(cfg, data, notes):
             print(line)
-    model = build_model(cfg, data).to(device)
-    if info.is_main and getattr(model, "pretrained_report", None) is not None:
-        print(f"{cfg.model}: weights from {cfg.pretrained_path}: {model.pretrained_report.summary()}")
-        if model.pretrained_report.zeroed_head:
-            print(f"new classifier head ({', '.join(model.pretrained_report.zeroed_head)}) starts at zero: uniform predictions, no random "
-                  "logit scale for the first updates to undo")
+    if started:  # the checkpoint holds every tensor: the weights file is not read again (it may have moved)
+        model = build_model(replace(cfg, pretrained_path=None, pretrained_partial=False), data).to(device)
+        model.pretrained_report = started[1]
+    else:
+        model = build_model(cfg, data).to(device)
+        report = getattr(model, "pretrained_report", None)
+        if info.is_main and report is not None:
+            print(f"{cfg.model}: weights from {cfg.pretrained_path}: {report.summary()}")
+            if report.zeroed_head:
+                print(f"new classifier head ({', '.join(report.zeroed_head)}) starts at zero: uniform predictions, "
+                      "no random logit scale for the first updates to undo")
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / WEIGHTS_JSON, json.dumps(dict(path=str(cfg.pretrained_path), **asdict(report)),
+                                                             indent=2))
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     # every parameter is in a group, frozen or not: the groups (and a checkpoint's optimizer state) are the same
@@ -156,7 +171,7 @@ def _train(cfg: TrainConfig, info: DistInfo, notes: list[str] | None = None) -> 
     scaler = torch.amp.GradScaler(device.type) if (cfg.amp == "fp16" and device.type == "cuda") else None
 
     settings = asdict(cfg)
-    state = resume_run(out / "checkpoints", settings, TrainConfig.identity_keys(), model, opt, sched, scaler,
+    state = resume_run(out / "checkpoints", settings, TrainConfig.resume_keys(), model, opt, sched, scaler,
                        ema.module if ema is not None else None) if cfg.resume else RunState()
     if info.is_main:
         write_run_info(out, settings, dict(
@@ -186,6 +201,21 @@ def _train(cfg: TrainConfig, info: DistInfo, notes: list[str] | None = None) -> 
         _plot_curves(rows, out / "curves.png", task.name)
         atomic_write_text(out / "final.json", json.dumps(final, indent=2))
     return final
+
+
+def _started_from(cfg: TrainConfig, out: Path) -> tuple[dict[str, Any], LoadReport] | None:
+    """For a fine-tuning run that resumes from a checkpoint: its ``data.json`` and the load report of its weights
+    file as the run started (``weights.json``); None for a fresh run, a run without a weights file, or a run
+    written before ``weights.json`` existed (which reads the file again)."""
+    if not (cfg.resume and cfg.pretrained_path) or latest_checkpoint(out / "checkpoints") is None:
+        return None
+    try:
+        data_info = json.loads((out / "data.json").read_text())
+        stored = json.loads((out / WEIGHTS_JSON).read_text())
+        report = LoadReport(**{k: list(stored[k]) for k in LoadReport.__dataclass_fields__})
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return data_info, report
 
 
 def _start_evaluation(cfg: TrainConfig, data: DataBundle, model: nn.Module, info: DistInfo, out: Path,

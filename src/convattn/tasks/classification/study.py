@@ -225,7 +225,7 @@ class ClassificationStudy:
         self.base = study_recipe(cfg, self.variants)
         self.title = f"convattn compare: {cfg.model} on {self.base.data}"
 
-    def identity(self) -> dict[str, Any]:
+    def fixed_settings(self) -> dict[str, Any]:
         return {"model": self.cfg.model}
 
     def recipe(self) -> dict[str, Any]:
@@ -360,14 +360,25 @@ class ClassificationStudy:
             + _module_lines(self.base, self.variants)]
 
 
+def _sized_lanes(out: Path) -> int:
+    """The parallel runs the study in ``out`` was sized for by its budget (1 for a budget written before lanes)."""
+    try:
+        return int(json.loads((out / BUDGET_FILE).read_text()).get("lanes", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+
+
 def run_compare(cfg: CompareConfig, command: str | None = None, executor: Any = None) -> list[dict[str, Any]]:
     """Run (or continue) the classification study of ``cfg`` (resolved by :func:`resolve_compare`: the CLI and
     the API give the same study for the same arguments); see :func:`convattn.study.compare.run_study`.
 
     ``executor``: where the runs execute: None or ``"local"`` (in this process, one after another), a name
     (``"processes"``, ``"ray"``, ``"slurm"``), an :class:`~convattn.study.executors.ExecutorConfig`, or anything
-    with ``submit(fn, *args) -> Future`` (a ``concurrent.futures`` executor). A time budget is sized for the
-    executor's parallel runs and their threads."""
+    with ``submit(fn, *args) -> Future`` (a ``concurrent.futures`` executor). ``"auto"`` (the command's default)
+    is a pool of one 1-thread run per core when the study is sized by its time budget on a CPU with 2 or more cores,
+    else local (:func:`~convattn.study.executors.resolve_auto`); here None stays local, as a pool needs the
+    caller's ``if __name__ == "__main__":`` guard. A time budget is sized for the executor's parallel runs and
+    their threads."""
     cfg = resolve_compare(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -379,10 +390,12 @@ def run_compare(cfg: CompareConfig, command: str | None = None, executor: Any = 
         return run_study(study, variants, cfg.seeds, cfg.out, command, True)
     out.mkdir(parents=True, exist_ok=True)
     with study_lock(out):  # the sizing too: two commands on one folder are refused before either measures
-        ex, threads, owned = as_executor(executor, runs, cfg.threads, out)
+        sized_before = (out / BUDGET_FILE).exists()
+        budgeted = bool(cfg.budget_sizes and (sized_before or cfg.time_budget_min))
+        ex, threads, owned = as_executor(executor, runs, cfg.threads, out, parallel=budgeted,
+                                         sized_lanes=_sized_lanes(out) if sized_before else None)
         try:
-            sized_before = (out / BUDGET_FILE).exists()
-            if cfg.budget_sizes and (sized_before or cfg.time_budget_min):
+            if budgeted:
                 lanes = max(1, min(int(getattr(ex, "lanes", 1)), runs))
                 sized = size_study(study.base, study.variants, len(cfg.seeds), cfg.time_budget_min or 0.0, out,
                                    "train_size" in cfg.budget_sizes, "epochs" in cfg.budget_sizes,

@@ -24,7 +24,7 @@ from ...models import IMAGENET_MODELS
 from ...models.attach import stage_blocks
 from ...models.backbones import is_backbone_name
 from ...models.build import build_model, split_plan_options
-from ...models.helpers import LoadReport
+from ...models.weights import LoadReport
 from ...models.plan import AttachPlan
 from ...models.resnet import ResNet
 
@@ -143,7 +143,7 @@ def cnn_fpn_backbone(name: str, *args: Any, **kwargs: Any) -> "CNNWithFPN":
 
 def load_backbone_weights(backbone: "CNNWithFPN", state_dict: dict) -> LoadReport:
     """Load a convattn classification state dict (``convattn train``) into the detector's backbone network."""
-    from ...models.helpers import load_pretrained
+    from ...models.weights import load_pretrained
     sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
     return load_pretrained(backbone.body, sd)
 

@@ -59,7 +59,7 @@ class DetectConfig(RunConfig):
         ("train_size", dict(lo=1, integer=True, optional=True)), ("val_size", dict(lo=1, integer=True, optional=True)),
     )
     # what must agree between a run and the checkpoint it resumes from (with seed and attn_lr_mult)
-    IDENTITY_KEYS: ClassVar[tuple[str, ...]] = (
+    RESUME_KEYS: ClassVar[tuple[str, ...]] = (
         "detector", "backbone", "variant", "attn_kwargs", "conv_kwargs", "data", "train_size", "epochs", "batch_size",
         "lr", "momentum", "weight_decay", "milestones", "warmup_iters", "min_size", "max_size", "trainable_layers",
         "frozen_bn", "attn_norm_trainable", "init_from")
@@ -228,7 +228,7 @@ def _train(cfg: DetectConfig, info: DistInfo) -> dict[str, Any]:
     sched = create_scheduler(opt, "step", task.steps_per_epoch, cfg.epochs, cfg.warmup_iters, cfg.lr * 1e-3,
                              milestones=cfg.milestones, gamma=0.1)
     settings = asdict(cfg)
-    state = resume_run(out / "checkpoints", settings, DetectConfig.identity_keys(), model, opt, sched) \
+    state = resume_run(out / "checkpoints", settings, DetectConfig.resume_keys(), model, opt, sched) \
         if cfg.resume else RunState()
     if info.is_main:
         write_run_info(out, settings, dict(classes=train_ds.classes, num_classes=train_ds.num_classes))

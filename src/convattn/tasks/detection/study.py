@@ -35,7 +35,7 @@ class DetectionStudy:
         self.metrics = tuple(_ap(k, n) for k in kinds for n in ("AP", "AP50", "AP75"))
         self.title = f"convattn compare (detection): {self.base.detector} / {self.base.backbone}"
 
-    def identity(self) -> dict[str, Any]:
+    def fixed_settings(self) -> dict[str, Any]:
         return {}  # detector and backbone are part of the recipe
 
     def recipe(self) -> dict[str, Any]:
