@@ -60,8 +60,12 @@ LOCAL_CLUSTER = """
 
 
 def test_ray_local_cluster_gives_the_sequential_results(tmp_path):
+    """Without --ray-address the study starts its own local cluster, also when the environment names another Ray
+    (``RAY_ADDRESS``, as a running cluster or a second study on the machine is found; here nothing listens there):
+    it used to try to join it and fail with Ray's "num_cpus and num_gpus must not be provided"."""
     run_compare(CompareConfig(**_cfg(tmp_path / "local")), executor="local")
-    res = _result(run_isolated(_driver(tmp_path, LOCAL_CLUSTER), json.dumps(_cfg(tmp_path / "ray")), timeout=900))
+    res = _result(run_isolated(_driver(tmp_path, LOCAL_CLUSTER), json.dumps(_cfg(tmp_path / "ray")), timeout=900,
+                               env={"RAY_ADDRESS": "127.0.0.1:9"}))
     assert res["ip"] == "127.0.0.1" and res["seeds"] == [2, 2]
     assert _numbers(tmp_path / "local") == _numbers(tmp_path / "ray") and len(_numbers(tmp_path / "ray")) == 4
     infos = [json.loads(p.read_text()) for p in (tmp_path / "ray").glob("runs/*/seed*/run.json")]

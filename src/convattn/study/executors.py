@@ -204,8 +204,9 @@ class RayExecutor:
     """Ray tasks, one per run, each asking for ``threads`` CPUs and ``gpus`` GPUs, retried ``max_retries`` times
     when its worker or node dies (the retry resumes from the last epoch checkpoint on the shared study folder).
 
-    ``address``: a running cluster to join (``auto``, ``ray://host:port``); None starts a local cluster of
-    ``workers`` x ``threads`` CPUs. A Ray already initialised in this process is used as it is."""
+    ``address``: a running cluster to join (``auto``, ``ray://host:port``); None starts a new local cluster of
+    ``workers`` x ``threads`` CPUs, also when another Ray runs on this machine or ``RAY_ADDRESS`` names one (Ray's
+    ``address="local"``; to join it, pass ``auto``). A Ray already initialised in this process is used as it is."""
 
     name = "ray"
     capture = True
@@ -222,8 +223,9 @@ class RayExecutor:
                 self.ray.init(address=address, include_dashboard=False, log_to_driver=False)
             else:
                 import torch
-                self.ray.init(num_cpus=workers * threads, num_gpus=torch.cuda.device_count() if gpus else 0,
-                              include_dashboard=False, log_to_driver=False)
+                self.ray.init(address="local", num_cpus=workers * threads,
+                              num_gpus=torch.cuda.device_count() if gpus else 0, include_dashboard=False,
+                              log_to_driver=False)
             self._started = True
 
     def submit(self, fn: Callable[..., Any], /, *args: Any) -> cf.Future:
