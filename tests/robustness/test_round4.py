@@ -18,6 +18,7 @@ from convattn.cli import main
 from convattn.models import load_pretrained
 from convattn.models.verify import verify_attach
 from _errors import one_line_error  # noqa: E402 - beside this file (pytest puts its folder on sys.path)
+from _study_runs import final_numbers  # noqa: E402 - tests/
 
 _TRAIN = ["--epochs", "1", "--batch-size", "16", "--workers", "0", "--quiet", "--train-size", "32"]
 
@@ -246,11 +247,7 @@ def test_a_stopped_fine_tuning_run_resumes_after_its_weights_file_moved(tmp_path
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "run")]) == 0
     assert "does not exist" not in capsys.readouterr().err
-
-    def numbers(run):
-        final = json.loads((tmp_path / run / "final.json").read_text())
-        return {k: v for k, v in final.items() if not k.endswith(("time_s", "per_s"))}
-    assert numbers("run") == numbers("whole")
+    assert final_numbers(tmp_path / "run" / "final.json") == final_numbers(tmp_path / "whole" / "final.json")
 
 
 # --- tracebacks: 8. verify_attach on odd networks --------------------------------------------------------------------

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import sys
-import threading
 
 import pytest
 
@@ -14,7 +13,7 @@ from convattn.cli import main
 from convattn.optional import MissingExtra
 from convattn.study.executors import ExecutorConfig
 from convattn.tasks.classification import CompareConfig, run_compare
-from _study_runs import wait_for_run_mid_training  # tests/
+from _study_runs import run_numbers, study_in_thread, wait_for_run_mid_training  # tests/
 
 SMALL = ["--variants", "eca", "--seeds", "2", "--train-size", "64", "--epochs", "1", "--batch-size", "32",
          "--threads", "1", "--time-budget", "0", "--quiet", "--latency-batch", "4"]
@@ -73,28 +72,12 @@ def _cfg(out):
                                     workers=0))
 
 
-def _numbers(out):
-    return {str(p.parent.relative_to(out)): {k: v for k, v in json.loads(p.read_text()).items()
-                                             if not k.endswith(("time_s", "per_s"))}
-            for p in sorted(out.glob("runs/*/seed*/final.json"))}
-
-
 @pytest.mark.slow
 def test_worker_killed_mid_run_resumes(tmp_path):
     """SIGKILL to a pool worker mid-run: the pool starts again, the run resumes from its last epoch checkpoint (the
     other run too, if the dying pool took it down) and the study ends as if nothing had happened."""
     out = tmp_path / "pool"
-    done = {}
-
-    def study():
-        try:
-            done["seeds"] = [r["seeds_done"] for r in run_compare(
-                _cfg(out), executor=ExecutorConfig(executor="processes", workers=2))]
-        except BaseException as e:  # noqa: BLE001 - reported below
-            done["error"] = repr(e)
-
-    t = threading.Thread(target=study)
-    t.start()
+    t, done = study_in_thread(lambda: run_compare(_cfg(out), executor=ExecutorConfig(executor="processes", workers=2)))
     caught = wait_for_run_mid_training(out, 4, t.is_alive)
     assert caught is not None, done
     victim, info, _ = caught
@@ -104,4 +87,4 @@ def test_worker_killed_mid_run_resumes(tmp_path):
     info = json.loads((victim / "run.json").read_text())
     assert info["attempt"] == 2 and info["state"] == "done"
     run_compare(_cfg(tmp_path / "local"), executor="local")
-    assert _numbers(out) == _numbers(tmp_path / "local")
+    assert run_numbers(out) == run_numbers(tmp_path / "local")

@@ -16,6 +16,7 @@ from convattn.study.compare import RunsFailed
 from convattn.study import executors
 from convattn.study.executors import ExecutorConfig, LocalExecutor, ProcessExecutor, make_executor
 from convattn.tasks.classification import CompareConfig, run_compare
+from _study_runs import run_numbers  # tests/
 
 # a tiny deterministic study: ResNet-20, 96 embedded images, 1 epoch, one thread per run
 RECIPE = dict(train_size=96, epochs=1, batch_size=32, warmup_epochs=0.0, deterministic=True, workers=0)
@@ -26,21 +27,11 @@ def _cfg(out, seeds=(0, 1), variants=("eca",), **kw):
                          latency_repeats=2, latency_batch=8, time_budget_min=0, train=dict(RECIPE), **kw)
 
 
-def _runs(out):
-    """Per run: every number its final.json holds that does not measure time."""
-    runs = {}
-    for p in sorted(out.glob("runs/*/seed*/final.json")):
-        final = json.loads(p.read_text())
-        runs[str(p.parent.relative_to(out))] = {k: v for k, v in final.items()
-                                                 if not k.endswith(("time_s", "per_s"))}
-    return runs
-
-
 def test_processes_give_the_sequential_results(tmp_path):
     run_compare(_cfg(tmp_path / "local"), executor="local")
     rows = run_compare(_cfg(tmp_path / "pool"), executor=ExecutorConfig(executor="processes", workers=2))
     assert [r["seeds_done"] for r in rows] == [2, 2]
-    local, pool = _runs(tmp_path / "local"), _runs(tmp_path / "pool")
+    local, pool = run_numbers(tmp_path / "local"), run_numbers(tmp_path / "pool")
     assert len(local) == 4 and local == pool  # val top-1, top-5, loss, best: identical, run by run
     # where each ran and its thread count are recorded; the report and runs.csv show the threads
     pids = set()

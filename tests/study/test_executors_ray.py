@@ -10,6 +10,7 @@ import pytest
 
 pytest.importorskip("ray")
 from _ray_netns import GUARD, isolation, run_isolated  # noqa: E402 - beside this file
+from _study_runs import run_numbers  # noqa: E402 - tests/
 
 from convattn.tasks.classification import CompareConfig, run_compare  # noqa: E402
 
@@ -25,14 +26,6 @@ def _cfg(out, epochs=1, seeds=(0, 1)):
                 latency_batch=8, time_budget_min=0,
                 train=dict(train_size=96, epochs=epochs, batch_size=32, warmup_epochs=0.0, deterministic=True,
                            workers=0))
-
-
-def _numbers(out):
-    runs = {}
-    for p in sorted(out.glob("runs/*/seed*/final.json")):
-        final = json.loads(p.read_text())
-        runs[str(p.parent.relative_to(out))] = {k: v for k, v in final.items() if not k.endswith(("time_s", "per_s"))}
-    return runs
 
 
 def _driver(tmp_path, body: str):
@@ -67,18 +60,18 @@ def test_ray_local_cluster_gives_the_sequential_results(tmp_path):
     res = _result(run_isolated(_driver(tmp_path, LOCAL_CLUSTER), json.dumps(_cfg(tmp_path / "ray")), timeout=900,
                                env={"RAY_ADDRESS": "127.0.0.1:9"}))
     assert res["ip"] == "127.0.0.1" and res["seeds"] == [2, 2]
-    assert _numbers(tmp_path / "local") == _numbers(tmp_path / "ray") and len(_numbers(tmp_path / "ray")) == 4
+    assert run_numbers(tmp_path / "local") == run_numbers(tmp_path / "ray") and len(run_numbers(tmp_path / "ray")) == 4
     infos = [json.loads(p.read_text()) for p in (tmp_path / "ray").glob("runs/*/seed*/run.json")]
     assert all(i["executor"] == "ray" and i["threads"] == 1 and i["node"] for i in infos)
     assert "executor ray (a local cluster; 1 CPU per run)" in (tmp_path / "ray" / "report.md").read_text()
 
 
 NODE_LOSS = """
-    import json, sys, threading
+    import json, sys
     from pathlib import Path
     import ray
     sys.path.insert(0, sys.argv[2])
-    from _study_runs import wait_for_run_mid_training
+    from _study_runs import study_in_thread, wait_for_run_mid_training
     from ray.cluster_utils import Cluster
     from convattn.study.executors import RayExecutor
     from convattn.tasks.classification import CompareConfig, run_compare
@@ -93,16 +86,7 @@ NODE_LOSS = """
         cluster.wait_for_nodes()
         ray.init(address=cluster.address, log_to_driver=False)
         ex = RayExecutor(workers=2, threads=1)
-        done = {}
-
-        def study():
-            try:
-                done["seeds"] = [r["seeds_done"] for r in run_compare(cfg, executor=ex)]
-            except BaseException as e:
-                done["error"] = repr(e)
-
-        t = threading.Thread(target=study)
-        t.start()
+        t, done = study_in_thread(lambda: run_compare(cfg, executor=ex))
         caught = wait_for_run_mid_training(out, epochs, t.is_alive)  # past its first epoch checkpoint
         victim = (str(caught[0].relative_to(out)), caught[1]["node"], caught[2])
         node = next(n for n in nodes if n.node_id == victim[1])
@@ -125,7 +109,7 @@ def test_ray_node_lost_mid_study_its_run_is_retried_and_resumes(tmp_path):
     log = (tmp_path / "ray" / res["victim"] / "metrics.jsonl").read_text().splitlines()
     assert len(log) == 4  # the retry resumed after epoch `killed_at` and trained the rest
     run_compare(CompareConfig(**dict(cfg, out=str(tmp_path / "local"))), executor="local")
-    assert _numbers(tmp_path / "ray") == _numbers(tmp_path / "local")  # as if the node had never been lost
+    assert run_numbers(tmp_path / "ray") == run_numbers(tmp_path / "local")  # as if the node had never been lost
 
 
 NAMED_STUDY = """

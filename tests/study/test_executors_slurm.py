@@ -4,7 +4,6 @@ and resumes from its last epoch checkpoint to the numbers of an uninterrupted ru
 import json
 import os
 import signal
-import threading
 
 import pytest
 
@@ -12,7 +11,7 @@ pytest.importorskip("submitit")
 
 from convattn.study.executors import SlurmExecutor, _Requeueable  # noqa: E402
 from convattn.tasks.classification import CompareConfig, run_compare  # noqa: E402
-from _study_runs import wait_for_run_mid_training  # noqa: E402 - tests/
+from _study_runs import run_numbers, study_in_thread, wait_for_run_mid_training  # noqa: E402 - tests/
 
 pytestmark = pytest.mark.slow
 
@@ -22,14 +21,6 @@ def _cfg(out, epochs):
                          latency_batch=8, time_budget_min=0,
                          train=dict(train_size=96, epochs=epochs, batch_size=32, warmup_epochs=0.0,
                                     deterministic=True, workers=0))
-
-
-def _numbers(out):
-    runs = {}
-    for p in sorted(out.glob("runs/*/seed*/final.json")):
-        final = json.loads(p.read_text())
-        runs[str(p.parent.relative_to(out))] = {k: v for k, v in final.items() if not k.endswith(("time_s", "per_s"))}
-    return runs
 
 
 def test_requeueable_run_resubmits_itself():
@@ -42,16 +33,7 @@ def test_requeueable_run_resubmits_itself():
 def test_timed_out_run_is_requeued_and_resumes(tmp_path):
     ex = SlurmExecutor(tmp_path / "slurm", threads=1, cluster="local", time_min=30)
     out = tmp_path / "study"
-    done = {}
-
-    def study():
-        try:
-            done["seeds"] = [r["seeds_done"] for r in run_compare(_cfg(out, epochs=4), executor=ex)]
-        except BaseException as e:  # noqa: BLE001 - reported below
-            done["error"] = repr(e)
-
-    t = threading.Thread(target=study)
-    t.start()
+    t, done = study_in_thread(lambda: run_compare(_cfg(out, epochs=4), executor=ex))
     caught = wait_for_run_mid_training(out, 4, t.is_alive)  # past its first epoch checkpoint, not finished
     assert caught is not None, done
     victim, info, _ = caught
@@ -64,4 +46,4 @@ def test_timed_out_run_is_requeued_and_resumes(tmp_path):
     assert len((victim / "metrics.jsonl").read_text().splitlines()) == 4
     assert "Requeued job" in (victim / "log.txt").read_text()  # submitit's own line (the run's output goes there)
     run_compare(_cfg(tmp_path / "local", epochs=4), executor="local")
-    assert _numbers(out) == _numbers(tmp_path / "local")  # as if the run had never been stopped
+    assert run_numbers(out) == run_numbers(tmp_path / "local")  # as if the run had never been stopped

@@ -103,6 +103,11 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _cpu_lanes(runs: int, threads: int | None) -> int:
+    """Parallel runs on this machine's cores: one per ``threads`` cores (default 1), at least 1, at most ``runs``."""
+    return max(1, min(runs, _cpu_count() // (threads or 1)))
+
+
 def _pool_worker_init(slots: Any, threads: int) -> None:
     """A pool worker's set-up, before it runs anything: its GPU (one slot of ``slots``) and its thread count."""
     device = slots.get() if slots is not None else None
@@ -403,7 +408,7 @@ def resolve_auto(cfg: ExecutorConfig, runs: int, threads: int | None, parallel: 
     if torch.cuda.is_available():
         return replace(cfg, executor="local"), "auto: a CUDA device (runs use it one at a time)"
     cores = _cpu_count()
-    lanes = min(runs, cores // (threads or 1))
+    lanes = _cpu_lanes(runs, threads)
     if lanes < 2:
         return replace(cfg, executor="local"), f"auto: {cores} core{'s' if cores != 1 else ''}"
     return (replace(cfg, executor="processes", workers=lanes),
@@ -420,7 +425,7 @@ def resolve_lanes(cfg: ExecutorConfig, runs: int, threads: int | None) -> tuple[
         return 1, threads or torch.get_num_threads(), []
     if cfg.executor == "slurm":
         return min(cfg.slurm_array_parallelism, runs), threads or cfg.slurm_cpus_per_run or 8, []
-    workers = cfg.workers or (len(devices) if devices else max(1, min(runs, _cpu_count() // (threads or 1))))
+    workers = cfg.workers or (len(devices) if devices else _cpu_lanes(runs, threads))
     if devices and workers > len(devices):
         raise ConfigError(f"workers (--workers) {workers}: one GPU per worker, but --devices names {len(devices)}")
     return workers, threads or max(1, _cpu_count() // workers), devices

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..validate import ConfigError
+from .executors import resolve_auto
 
 __all__ = ["PaperStudy", "PAPER_STUDIES", "PRESET_NAMES", "plan_study", "run_paper_study", "measure_throughput"]
 
@@ -276,9 +277,8 @@ def _executor_label(executor: Any) -> str:
         return executor or "local (one run after another)"
     if not hasattr(executor, "executor"):
         return type(executor).__name__
+    executor, _ = resolve_auto(executor, runs=1, threads=None, parallel=False)  # a named study: no budget
     e = executor.executor
-    if e == "auto" and (executor.workers is not None or executor.devices is not None):
-        e = "processes"  # (auto is local for a named study otherwise: resolve_auto)
     if e == "processes":
         return f"processes ({executor.workers or 'one per core'} workers" + (
             f", GPUs {executor.devices})" if executor.devices else ")")

@@ -13,7 +13,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from ...report import atomic_write_text
 from .config import TrainConfig, arm_config
 from .run import build_model, data_for
 
-__all__ = ["ArmCost", "Plan", "measure_costs", "plan", "size_study"]
+__all__ = ["ArmCost", "Plan", "measure_costs", "plan", "size_study", "stored_budget"]
 
 BUDGET_FILE = "budget.json"
 _SIZE_STEP = 250  # training-set sizes are multiples of this (25 images per class for 10 classes)
@@ -145,6 +145,13 @@ def plan(costs: Sequence[ArmCost], seeds: int, budget_s: float, val_images: int,
     return Plan(n, e, round(cost(n, e), 1), budget_s)
 
 
+def stored_budget(out: Path) -> dict[str, Any] | None:
+    """The ``budget.json`` of the study in ``out`` (how its time budget sized it: images, epochs, lanes, threads,
+    measured costs), or None when no budget sized it."""
+    path = Path(out) / BUDGET_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_min: float, out: Path,
                size_train: bool, size_epochs: bool, latency_batch: int = 64, lanes: int = 1,
                threads: int | None = None) -> dict[str, int]:
@@ -155,9 +162,8 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
     at that thread count and the runs spread over the lanes."""
     from ...validate import check_value
     check_value("time_budget", budget_min, lo=0)  # minutes (0: none); NaN, inf and < 0 are refused
-    path = out / BUDGET_FILE
-    if path.exists():
-        stored = json.loads(path.read_text())
+    stored = stored_budget(out)
+    if stored is not None:
         print(f"time budget: {stored['budget_min']:g} min, recipe sized when the study started: "
               f"{stored['train_size']:,} training images x {stored['epochs']} epochs")
         if budget_min and budget_min != stored["budget_min"]:
@@ -197,7 +203,6 @@ def size_study(base: TrainConfig, variants: Sequence[str], seeds: int, budget_mi
           f"{threads} thread{'s' if threads != 1 else ''}; measured training ms/image: {per_arm}")
     print(f"time budget: {p.train_size:,} training images x {p.epochs} epochs per run, predicted "
           f"{p.predicted_s / 60:.1f} min" + ("" if p.fits else " (the smallest recipe; it does not fit the budget)"))
-    atomic_write_text(path, json.dumps(dict(budget_min=budget_min, **asdict(p), lanes=lanes, threads=threads,
-                                            costs=[asdict(c) for c in costs]),
-                                       indent=2))
+    record = dict(budget_min=budget_min, **asdict(p), lanes=lanes, threads=threads, costs=[asdict(c) for c in costs])
+    atomic_write_text(out / BUDGET_FILE, json.dumps(record, indent=2))
     return {"train_size": p.train_size, "epochs": p.epochs}

@@ -19,7 +19,7 @@ from ...profile.latency import measure_latency, prepare_for_timing
 from ...report import atomic_write_text
 from ...study.compare import Metric, Results, as_executor, run_study, study_lock
 from ...validate import ConfigError
-from .budget import BUDGET_FILE, size_study
+from .budget import size_study, stored_budget
 from .config import TrainConfig, arm_config, resolve_config
 from .run import build_model, data_for, train
 
@@ -336,10 +336,9 @@ class ClassificationStudy:
                 "arm on more images (add them with `--variants`; the evidence study trained all of them).")
 
     def _budget_line(self) -> str:
-        path = Path(self.cfg.out) / BUDGET_FILE
-        if not path.exists():
+        b = stored_budget(Path(self.cfg.out))
+        if b is None:
             return ""
-        b = json.loads(path.read_text())
         lanes = b.get("lanes", 1)
         par = (f" for {lanes} parallel runs x {b.get('threads')} thread{'s' if b.get('threads') != 1 else ''}"
                if lanes > 1 else "")
@@ -358,14 +357,6 @@ class ClassificationStudy:
             "do not count; raw per-run totals in runs.csv.",
             "* AW-convolution and STEAM are reconstructions (no public code): numbers here are ours, not the papers'. "
             + _module_lines(self.base, self.variants)]
-
-
-def _sized_lanes(out: Path) -> int:
-    """The parallel runs the study in ``out`` was sized for by its budget (1 for a budget written before lanes)."""
-    try:
-        return int(json.loads((out / BUDGET_FILE).read_text()).get("lanes", 1))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return 1
 
 
 def run_compare(cfg: CompareConfig, command: str | None = None, executor: Any = None) -> list[dict[str, Any]]:
@@ -390,10 +381,10 @@ def run_compare(cfg: CompareConfig, command: str | None = None, executor: Any = 
         return run_study(study, variants, cfg.seeds, cfg.out, command, True)
     out.mkdir(parents=True, exist_ok=True)
     with study_lock(out):  # the sizing too: two commands on one folder are refused before either measures
-        sized_before = (out / BUDGET_FILE).exists()
-        budgeted = bool(cfg.budget_sizes and (sized_before or cfg.time_budget_min))
+        stored = stored_budget(out)
+        budgeted = bool(cfg.budget_sizes and (stored is not None or cfg.time_budget_min))
         ex, threads, owned = as_executor(executor, runs, cfg.threads, out, parallel=budgeted,
-                                         sized_lanes=_sized_lanes(out) if sized_before else None)
+                                         sized_lanes=stored.get("lanes", 1) if stored is not None else None)
         try:
             if budgeted:
                 lanes = max(1, min(int(getattr(ex, "lanes", 1)), runs))
